@@ -1,0 +1,378 @@
+"""The storage seam: operations, records and the :class:`Store` protocol.
+
+Theory of operation
+-------------------
+A store is driven by exactly two kinds of call, both synchronous and both complete within one
+call (so each LMDB transaction begins and commits on one thread, see stack-notes §4):
+
+* :meth:`Store.apply` takes a *batch* of write operations and applies all of them in ONE write
+  transaction (group commit). It returns one result per operation, in order: either the
+  operation's result value or the :class:`~broker.errors.BrokerError` that refused it. A refused
+  operation changes nothing; the others in the batch still apply. Only when the commit itself
+  fails does ``apply`` raise (:class:`~broker.errors.StoreError`), and then nothing of the batch
+  was applied. When ``apply`` returns, the batch is durable (fsync'd, for a durable store).
+* Read methods each run one short read transaction.
+
+Nothing here knows about HTTP, trio or routing: callers hand in ready-made bodies and routes.
+
+Delivery lifecycle (per mailbox, keyed by the message's sequence number, so a redelivery keeps
+its original position)::
+
+    ready --Lease--> in_flight --Ack--> copy --(retention)--> purged
+      ^                 |  |
+      |   lease expiry  |  +--Nack(requeue=False) or attempts exhausted--> dead --(retention)--> purged
+      +-----------------+
+      +---- Nack(requeue=True) / RequeueDead (dead -> ready) / Replay (copy -> ready)
+
+A message body is stored once and deleted when no delivery record of any mailbox references it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Protocol
+
+from msgspec import Meta, Struct
+
+from broker.errors import BrokerError
+
+__all__ = [
+    "DEFAULT_MAX_DELIVERIES",
+    "DEFAULT_RETENTION_S",
+    "MAX_RETENTION_S",
+    "Ack",
+    "AckResult",
+    "ApplyOutcome",
+    "CreateMailbox",
+    "CreateSubscription",
+    "CreateSystem",
+    "DeleteMailbox",
+    "DeleteSubscription",
+    "Delivery",
+    "MailboxRecord",
+    "MailboxStats",
+    "Nack",
+    "Op",
+    "OpResult",
+    "Publish",
+    "PublishResult",
+    "Lease",
+    "Replay",
+    "RequeueDead",
+    "Route",
+    "Store",
+    "StoreStats",
+    "SubscriptionRecord",
+    "Sweep",
+    "SweepResult",
+    "SystemRecord",
+    "delivery_id",
+    "parse_delivery_id",
+]
+
+DEFAULT_RETENTION_S = 7 * 24 * 3600
+MAX_RETENTION_S = 30 * 24 * 3600
+DEFAULT_MAX_DELIVERIES = 10
+
+
+class _Record(Struct, frozen=True, kw_only=True):
+    """Stored and returned records; new fields always get defaults (schema evolution)."""
+
+
+# ----------------------------------------------------------------------------- records
+
+
+class SystemRecord(_Record):
+    """An anvendersystem (a sending and/or receiving IT system)."""
+
+    id: str  # UUID text
+    name: str
+    token_hash: bytes  # sha256 of the bearer token; the token itself is never stored
+    created_ms: int
+
+
+class MailboxRecord(_Record):
+    """A dueslag. ``num`` is the store's compact internal number, used in its keys."""
+
+    id: str  # UUID text
+    num: int
+    owner: str  # system id
+    name: str
+    strict: bool = False
+    retention_s: int = DEFAULT_RETENTION_S
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    created_ms: int = 0
+
+
+class SubscriptionRecord(_Record):
+    """An abonnement: which envelopes go into one mailbox.
+
+    ``expression`` is the seam for the filter language (a later issue); a store keeps it as text.
+    """
+
+    id: str  # UUID text
+    mailbox_id: str
+    owner: str
+    message_types: tuple[str, ...]  # Beskedtype UUIDs, lower-case
+    expression: str | None = None
+    active: bool = True
+    created_ms: int = 0
+
+
+class MailboxStats(_Record):
+    ready: int
+    in_flight: int
+    copy: int
+    dead: int
+    oldest_ready_ms: int | None  # receive time of the oldest ready delivery
+
+
+class Delivery(_Record):
+    """One delivery of one message to one mailbox, as handed to a receiver."""
+
+    delivery_id: str  # "<seq>-<attempt>", see delivery_id()
+    seq: int
+    attempt: int  # 1 on the first lease, +1 on every later lease
+    subscription_id: str
+    received_ms: int
+    body: bytes  # the canonical envelope JSON exactly as given to Publish
+    leased_until_ms: int = 0  # 0 when not leased (dead letters)
+    reason: str | None = None  # why it is dead, for dead letters
+
+
+class StoreStats(_Record):
+    messages: int  # bodies currently stored
+    next_seq: int
+    mailboxes: int
+    format_version: int
+
+
+# ----------------------------------------------------------------------------- operations
+
+Millis = Annotated[int, Meta(ge=0)]
+
+
+class Op(Struct, frozen=True, kw_only=True, tag_field="op"):
+    """Base of every write operation (a tagged union, dispatched with ``match``)."""
+
+
+class CreateSystem(Op, tag="create_system"):
+    id: str
+    name: str
+    token_hash: bytes
+
+
+class CreateMailbox(Op, tag="create_mailbox"):
+    id: str
+    owner: str
+    name: str
+    strict: bool = False
+    retention_s: int = DEFAULT_RETENTION_S
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+
+
+class DeleteMailbox(Op, tag="delete_mailbox"):
+    """Deletes the mailbox, its subscriptions and every delivery record it holds."""
+
+    id: str
+
+
+class CreateSubscription(Op, tag="create_subscription"):
+    id: str
+    mailbox_id: str
+    message_types: tuple[str, ...]
+    expression: str | None = None
+
+
+class DeleteSubscription(Op, tag="delete_subscription"):
+    id: str
+    mailbox_id: str
+
+
+class Route(Struct, frozen=True, array_like=True):
+    mailbox_id: str
+    subscription_id: str
+
+
+class Publish(Op, tag="publish"):
+    """Store one envelope once and put a ready delivery into each routed mailbox.
+
+    ``dedup_key`` identifies (sending system, BeskedId). If a live dedup record exists for it
+    (younger than ``dedup_window_ms``), nothing is stored and the original result comes back
+    with ``duplicate=True``. Routes to mailboxes that no longer exist are skipped. With no
+    (remaining) route the body is not stored at all, but the dedup record is.
+    """
+
+    sender: str
+    dedup_key: bytes
+    transaction_id: str
+    body: bytes
+    routes: tuple[Route, ...]
+    received_ms: int
+    dedup_window_ms: int = 24 * 3600 * 1000
+
+
+class Lease(Op, tag="lease"):
+    """Lease up to ``max`` ready deliveries of a mailbox, in sequence order.
+
+    A ``strict`` mailbox offers only ready deliveries older (lower seq) than every delivery in
+    flight: nothing later is offered while an earlier one is in flight.
+    """
+
+    mailbox_id: str
+    max: int
+    lease_ms: int
+
+
+class Ack(Op, tag="ack"):
+    mailbox_id: str
+    delivery_ids: tuple[str, ...]
+
+
+class Nack(Op, tag="nack"):
+    """Requeue (back to ready, same position) or dead-letter leased deliveries.
+
+    A requeue of a delivery whose attempt already reached the mailbox's ``max_deliveries``
+    dead-letters it instead.
+    """
+
+    mailbox_id: str
+    delivery_ids: tuple[str, ...]
+    requeue: bool = True
+
+
+class RequeueDead(Op, tag="requeue_dead"):
+    """Dead letters back to ready (attempt count reset to 0). Empty ``delivery_ids`` = all."""
+
+    mailbox_id: str
+    delivery_ids: tuple[str, ...] = ()
+    limit: int = 10_000
+
+
+class Replay(Op, tag="replay"):
+    """Copies of acknowledged deliveries back to ready (attempt reset), oldest first.
+
+    Only copies acknowledged at or after ``since_ms`` (received time) are replayed.
+    """
+
+    mailbox_id: str
+    since_ms: int = 0
+    limit: int = 10_000
+
+
+class Sweep(Op, tag="sweep"):
+    """Expire leases, purge copies/dead letters past retention and old dedup records.
+
+    Bounded: touches at most ``max_items`` records per kind; ``SweepResult.more`` says whether
+    anything was left for the next sweep.
+    """
+
+    max_items: int = 10_000
+
+
+# ----------------------------------------------------------------------------- results
+
+
+class PublishResult(_Record):
+    transaction_id: str
+    mailboxes: int
+    duplicate: bool
+
+
+class AckResult(_Record):
+    """``failed`` lists (delivery_id, code) for ids that were not acked/nacked.
+
+    Codes: ``unknown_delivery`` (not in flight in this mailbox, or a stale attempt),
+    ``lease_expired`` (in flight, but its lease deadline has passed).
+    """
+
+    count: int
+    failed: tuple[tuple[str, str], ...] = ()
+
+
+class SweepResult(_Record):
+    expired_leases: int = 0
+    dead_lettered: int = 0
+    purged_copies: int = 0
+    purged_dead: int = 0
+    purged_dedup: int = 0
+    bodies_deleted: int = 0
+    more: bool = False
+
+
+OpResult = (
+    SystemRecord
+    | MailboxRecord
+    | SubscriptionRecord
+    | PublishResult
+    | AckResult
+    | SweepResult
+    | list[Delivery]
+    | int
+    | None
+    | BrokerError
+)
+
+
+class ApplyOutcome(_Record):
+    """What :meth:`Store.apply` returns.
+
+    ``results[i]`` belongs to ``ops[i]``. ``ready`` names every mailbox that gained ready
+    deliveries in this commit (so long-polling receivers can be woken).
+    """
+
+    results: list[OpResult]
+    ready: frozenset[str] = frozenset()
+
+
+def delivery_id(seq: int, attempt: int) -> str:
+    return f"{seq}-{attempt}"
+
+
+def parse_delivery_id(text: str) -> tuple[int, int] | None:
+    """``"<seq>-<attempt>"`` -> (seq, attempt), or None when it is not of that form."""
+    seq, sep, attempt = text.partition("-")
+    if not sep or not seq.isdigit() or not attempt.isdigit() or len(text) > 40:
+        return None
+    return int(seq), int(attempt)
+
+
+class Store(Protocol):
+    """A durable (or, for tests, in-memory) home of systems, mailboxes and deliveries."""
+
+    def apply(self, ops: Sequence[Op], now_ms: int) -> ApplyOutcome:
+        """Apply every op in ONE write transaction; durable on return. See module docs."""
+        ...
+
+    def get_system(self, system_id: str) -> SystemRecord | None: ...
+
+    def get_system_by_token_hash(self, token_hash: bytes) -> SystemRecord | None: ...
+
+    def list_systems(self) -> list[SystemRecord]: ...
+
+    def get_mailbox(self, mailbox_id: str) -> MailboxRecord | None: ...
+
+    def list_mailboxes(self, owner: str) -> list[MailboxRecord]: ...
+
+    def mailbox_stats(self, mailbox_id: str) -> MailboxStats:
+        """Counts per queue; raises NotFound for an unknown mailbox. O(1), not a scan."""
+        ...
+
+    def get_subscription(self, subscription_id: str) -> SubscriptionRecord | None: ...
+
+    def list_subscriptions(self, mailbox_id: str | None = None) -> list[SubscriptionRecord]:
+        """Subscriptions of one mailbox, or of every mailbox (to build the routing index)."""
+        ...
+
+    def get_leased(self, mailbox_id: str, delivery_id: str, now_ms: int) -> Delivery:
+        """A delivery currently leased (in flight, lease not expired) under this exact id.
+
+        Raises NotFound, or Conflict with code ``lease_expired``/``unknown_delivery``.
+        """
+        ...
+
+    def list_dead(self, mailbox_id: str, limit: int = 100) -> list[Delivery]: ...
+
+    def statistics(self) -> StoreStats: ...
+
+    def close(self) -> None: ...
