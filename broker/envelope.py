@@ -313,7 +313,9 @@ def normalize(besked: Haendelsesbesked) -> Haendelsesbesked:
 # --------------------------------------------------------------------------------------------
 # helpers for readers of canonical envelopes
 
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 
 
 def uid_value(value: UnikIdIn | None) -> str | None:

@@ -44,6 +44,7 @@ ERROR_STATUS: dict[str, int] = {
     "malformed": 400,
     "invalid": 400,
     "invalid_envelope": 400,
+    "invalid_expression": 400,
     "unknown_field": 400,
     "unauthorized": 401,
     "forbidden": 403,

@@ -1,0 +1,83 @@
+"""Broker configuration: one Struct with every tunable and its default."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from msgspec import Struct
+
+__all__ = ["BrokerConfig", "load_or_create_admin_token", "load_or_create_instance_id"]
+
+ADMIN_TOKEN_ENV = "DUESLAG_ADMIN_TOKEN"
+ADMIN_TOKEN_FILE = "admin-token"
+INSTANCE_ID_FILE = "instance-id"
+
+
+class BrokerConfig(Struct, kw_only=True):
+    """Everything ``dueslag serve`` can set. Limits are documented in docs/api.md."""
+
+    data_dir: str = "./dueslag-data"
+    bind: str = "127.0.0.1:8080"
+    workers: int = 1
+    admin_token: str | None = None  # None: DUESLAG_ADMIN_TOKEN, else the data dir's file
+    dedup_window_s: int = 24 * 3600
+    max_request_bytes: int = 64 * 1024 * 1024
+    writer_queue: int = 4096
+    admission_timeout_s: float = 2.0
+    sweep_interval_s: float = 1.0
+    map_size: int = 32 * 1024**3
+    sync: bool = True
+    max_poll: int = 1000
+    max_wait_s: float = 30.0
+    default_lease_s: float = 30.0
+    max_lease_s: float = 12 * 3600.0
+    graceful_timeout_s: float = 5.0
+    demo: bool = False
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_or_create_admin_token(
+    data_dir: str | Path, explicit: str | None = None
+) -> tuple[str, bool]:
+    """The admin token and whether it was generated just now (so it is printed exactly once).
+
+    Order: ``explicit``, then ``$DUESLAG_ADMIN_TOKEN``, then ``<data_dir>/admin-token`` (mode
+    0600), generating that file on first start.
+    """
+    if explicit:
+        return explicit, False
+    env = os.environ.get(ADMIN_TOKEN_ENV)
+    if env:
+        return env, False
+    path = Path(data_dir) / ADMIN_TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = "adm_" + secrets.token_urlsafe(32)
+    _write_private(path, token)
+    return token, True
+
+
+def load_or_create_instance_id(data_dir: str | Path) -> str:
+    """This broker's Fordelingssystem UUID, stamped into every Leverancerute."""
+    import uuid
+
+    path = Path(data_dir) / INSTANCE_ID_FILE
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = str(uuid.uuid4())
+    try:
+        _write_private(path, value)
+    except FileExistsError:  # another worker process won the race
+        return path.read_text().strip()
+    return value

@@ -1,0 +1,82 @@
+"""Systems (admin), health probes, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+from quart import Quart, Response
+
+from broker.delivery import iso_ms
+from broker.http.common import body_struct, json_response, principal
+from broker.http.openapi import openapi_document
+from broker.service import Broker
+
+__all__ = ["register"]
+
+
+class SystemIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class SystemOut(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    name: str
+    created: str
+    token: str | None = None  # only in the reply that created it
+
+
+_system_in = msgspec.json.Decoder(SystemIn)
+
+
+def register(app: Quart, broker: Broker) -> None:
+    @app.post("/v1/systems")
+    async def create_system() -> Response:
+        broker.require_admin(principal(broker))
+        body: SystemIn = await body_struct(_system_in)
+        record, token = await broker.create_system(body.name)
+        return json_response(
+            SystemOut(
+                id=record.id, name=record.name, created=iso_ms(record.created_ms), token=token
+            ),
+            201,
+        )
+
+    @app.get("/v1/systems")
+    async def list_systems() -> Response:
+        broker.require_admin(principal(broker))
+        systems = broker.store.list_systems()
+        return json_response(
+            {
+                "systems": [
+                    SystemOut(id=s.id, name=s.name, created=iso_ms(s.created_ms)) for s in systems
+                ]
+            }
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if not broker.ready:
+            return json_response({"status": "starting"}, 503)
+        stats = broker.writer.statistics()
+        return json_response({"status": "ready", "writer_queued_jobs": stats.queued_jobs})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        broker.require_admin(principal(broker))
+        broker.metrics.queued.set(broker.writer.statistics().queued_jobs)
+        return Response(
+            broker.metrics.render(),
+            status=200,
+            content_type="text/plain; version=0.0.4; charset=utf-8",
+        )
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        principal(broker)  # any valid token: the API description is for registered parties
+        return json_response(openapi_document())

@@ -1,0 +1,45 @@
+"""The quart-trio application: routes from the sibling modules, one error shape for all."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Response
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from broker.errors import BrokerError
+from broker.http import admin, mailboxes, messages
+from broker.http.common import error_response, http_exception_response, json_response
+from broker.service import Broker
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("dueslag.http")
+
+
+def create_app(broker: Broker) -> QuartTrio:
+    app = QuartTrio("dueslag")
+    app.config["RESPONSE_TIMEOUT"] = None  # long polls and streams outlive Quart's 60 s default
+    app.config["MAX_CONTENT_LENGTH"] = broker.config.max_request_bytes
+    app.config["BODY_TIMEOUT"] = 60
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.extensions["dueslag"] = broker
+
+    @app.errorhandler(BrokerError)
+    async def broker_error(err: BrokerError) -> Response:
+        return error_response(err)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        return http_exception_response(exc)
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error in a request handler")
+        return json_response({"error": {"code": "internal", "message": "internal error"}}, 500)
+
+    messages.register(app, broker)
+    mailboxes.register(app, broker)
+    admin.register(app, broker)
+    return app

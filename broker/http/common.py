@@ -1,0 +1,126 @@
+"""Shared pieces of the HTTP layer: responses, the one error shape, auth and parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from quart import Response, request
+from werkzeug.exceptions import HTTPException
+
+from broker.codec import decode_struct
+from broker.errors import BrokerError, InvalidInput, Overloaded
+from broker.service import Broker, Principal
+from store.base import SystemRecord
+
+__all__ = [
+    "JSON_CT",
+    "ErrorBody",
+    "body_struct",
+    "error_response",
+    "http_exception_response",
+    "json_response",
+    "principal",
+    "query_float",
+    "query_int",
+    "system",
+]
+
+JSON_CT = "application/json"
+_encoder = msgspec.json.Encoder()
+
+_HTTP_CODES = {
+    400: "malformed",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    path: str | None = None
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    data = body if isinstance(body, bytes) else _encoder.encode(body)
+    return Response(data, status=status, content_type=JSON_CT, headers=headers)
+
+
+def error_response(err: BrokerError) -> Response:
+    headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Overloaded) else None
+    if err.code == "unauthorized":
+        headers = {"WWW-Authenticate": 'Bearer realm="dueslag"'}
+    return json_response({"error": err.to_dict()}, err.http_status, headers)
+
+
+def http_exception_response(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    code = _HTTP_CODES.get(status, "internal" if status >= 500 else "invalid")
+    message = exc.description or exc.name
+    if status == 413:
+        message = "request body too large"
+    elif status == 404:
+        message = f"no such endpoint: {request.method} {request.path}"
+    elif status == 405:
+        message = f"method {request.method} is not allowed on {request.path}"
+    return json_response({"error": {"code": code, "message": message}}, status)
+
+
+def principal(broker: Broker) -> Principal:
+    return broker.authenticate(request.headers.get("Authorization"))
+
+
+def system(broker: Broker) -> SystemRecord:
+    return broker.require_system(principal(broker))
+
+
+async def body_struct(decoder: msgspec.json.Decoder[Any], *, empty_ok: bool = False) -> Any:
+    """Decode a small JSON request body with a typed decoder (unknown fields refused)."""
+    data = await request.get_data(cache=False)
+    assert isinstance(data, bytes)
+    if not data.strip():
+        if empty_ok:
+            data = b"{}"
+        else:
+            raise InvalidInput("a JSON request body is required", code="malformed")
+    return decode_struct(data, decoder)
+
+
+def query_int(name: str, default: int, *, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(
+            f"query parameter {name} must be an integer", path=f"query.{name}"
+        ) from None
+    if not lo <= value <= hi:
+        raise InvalidInput(
+            f"query parameter {name} must be between {lo} and {hi}", path=f"query.{name}"
+        )
+    return value
+
+
+def query_float(name: str, default: float, *, lo: float, hi: float) -> float:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(
+            f"query parameter {name} must be a number", path=f"query.{name}"
+        ) from None
+    if not lo <= value <= hi:
+        raise InvalidInput(
+            f"query parameter {name} must be between {lo:g} and {hi:g}", path=f"query.{name}"
+        )
+    return value

@@ -1,0 +1,100 @@
+"""Running a broker: open the store, start the actors, serve HTTP, shut down in order.
+
+Supervision tree (outer to inner)::
+
+    serve()                 owns the store: opened first, closed last
+      └─ nursery
+          ├─ Broker.run     writer + sweeper
+          └─ hypercorn      HTTP; on shutdown it drains for graceful_timeout seconds
+
+Shutdown: the trigger ends hypercorn (in-flight requests get ``graceful_timeout``), then the
+actors are cancelled (a commit already running always finishes: the thread call is not
+cancellable) and only then is the store closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from broker.config import BrokerConfig, load_or_create_admin_token, load_or_create_instance_id
+from broker.http import create_app
+from broker.service import Broker
+from broker.writer import wall_ms
+from store.base import Store
+
+__all__ = ["ServerInfo", "serve"]
+
+
+class ServerInfo:
+    """What ``serve`` reports through ``task_status.started``."""
+
+    def __init__(
+        self, binds: list[str], broker: Broker, admin_token: str, admin_token_new: bool
+    ) -> None:
+        self.binds = binds
+        self.broker = broker
+        self.admin_token = admin_token
+        self.admin_token_new = admin_token_new
+
+    @property
+    def url(self) -> str:
+        return self.binds[0]
+
+
+def _prepare(config: BrokerConfig) -> tuple[str, bool, str, Store]:
+    """Blocking start-up work: the data dir, the admin token, the instance id, the store."""
+    from store import LmdbStore
+
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    token, token_new = load_or_create_admin_token(config.data_dir, config.admin_token)
+    instance_id = load_or_create_instance_id(config.data_dir)
+    store = LmdbStore(Path(config.data_dir) / "store", map_size=config.map_size, sync=config.sync)
+    return token, token_new, instance_id, store
+
+
+async def serve(
+    config: BrokerConfig,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    clock: Callable[[], int] = wall_ms,
+    task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown_trigger`` returns (forever if None).
+
+    ``clock`` (wall milliseconds) is injectable so tests can move time without sleeping.
+    """
+    token, token_new, instance_id, store = await trio.to_thread.run_sync(_prepare, config)
+    try:
+        broker = Broker(store, config, admin_token=token, instance_id=instance_id, clock=clock)
+        if config.demo:
+            from broker.demo import ensure_demo
+
+            await trio.to_thread.run_sync(ensure_demo, store, config.data_dir)
+            broker.reload()
+        hc = HyperConfig()
+        hc.bind = [config.bind]
+        hc.graceful_timeout = config.graceful_timeout_s
+        hc.accesslog = None
+        hc.errorlog = "-"
+        app = create_app(broker)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(broker.run)
+
+            async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                await hypercorn_serve(
+                    app,
+                    hc,
+                    shutdown_trigger=shutdown_trigger or trio.sleep_forever,
+                    task_status=task_status,
+                )
+                nursery.cancel_scope.cancel()  # HTTP has drained: now stop the actors
+
+            binds = await nursery.start(http)
+            task_status.started(ServerInfo(binds, broker, token, token_new))
+    finally:
+        store.close()

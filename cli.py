@@ -1,0 +1,315 @@
+"""The ``dueslag`` command: serve, send, poll, ack and administration, all over HTTP.
+
+``main(argv) -> int``; nothing happens at import. Client commands find the broker at ``--url``
+(``$DUESLAG_URL``, default http://127.0.0.1:8080) and their token at ``--token``
+(``$DUESLAG_TOKEN``); without one they fall back to the local data dir's demo system token
+(system commands) or admin token (``admin`` commands), so the README quick start needs no
+copying of secrets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_DATA = "./dueslag-data"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dueslag", description="Durable message distributor (Beskedfordeler)."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the broker")
+    s.add_argument(
+        "--bind", default="127.0.0.1:8080", help="HOST:PORT to listen on (default %(default)s)"
+    )
+    s.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help="data directory (LMDB store, admin token) (default %(default)s)",
+    )
+    s.add_argument(
+        "--workers", type=int, default=1, help="server processes (reserved: only 1 for now)"
+    )
+    s.add_argument(
+        "--admin-token",
+        default=None,
+        help="admin token (default: $DUESLAG_ADMIN_TOKEN or generated)",
+    )
+    s.add_argument(
+        "--demo", action="store_true", help="create a demo system + mailbox on a fresh data dir"
+    )
+    s.add_argument(
+        "--no-sync", action="store_true", help="do not fsync commits (unsafe; for experiments only)"
+    )
+    s.add_argument(
+        "--dedup-window",
+        type=int,
+        default=24 * 3600,
+        help="seconds a BeskedId is remembered per sender",
+    )
+
+    def client_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--url", default=os.environ.get("DUESLAG_URL", DEFAULT_URL))
+        sp.add_argument("--token", default=os.environ.get("DUESLAG_TOKEN"))
+        sp.add_argument(
+            "--data",
+            default=DEFAULT_DATA,
+            help="where to find demo/admin tokens when none is given",
+        )
+
+    s = sub.add_parser("send", help="send an envelope (JSON, XML or msgpack), or a batch")
+    client_args(s)
+    s.add_argument("file", help="file to send, or - for standard input")
+    s.add_argument("--content-type", default=None, help="override the detected Content-Type")
+    s.add_argument("--batch", action="store_true", help="send as a batch (JSON array or NDJSON)")
+
+    s = sub.add_parser("poll", help="lease deliveries from a mailbox and print them")
+    client_args(s)
+    s.add_argument("mailbox")
+    s.add_argument("--max", type=int, default=10)
+    s.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to long-poll for the first delivery"
+    )
+    s.add_argument("--lease", type=float, default=None, help="lease length in seconds")
+    s.add_argument("--ack", action="store_true", help="acknowledge what was received")
+    s.add_argument("--xml", action="store_true", help="print each delivery as Haendelsesbesked XML")
+
+    s = sub.add_parser("ack", help="acknowledge deliveries")
+    client_args(s)
+    s.add_argument("mailbox")
+    s.add_argument("delivery_ids", nargs="+")
+
+    s = sub.add_parser("nack", help="requeue (or dead-letter) deliveries")
+    client_args(s)
+    s.add_argument("mailbox")
+    s.add_argument("delivery_ids", nargs="+")
+    s.add_argument("--dead", action="store_true", help="dead-letter instead of requeueing")
+
+    s = sub.add_parser("mailbox", help="mailboxes of the calling system")
+    client_args(s)
+    ms = s.add_subparsers(dest="action", required=True)
+    c = ms.add_parser("create")
+    c.add_argument("name")
+    c.add_argument("--strict", action="store_true", help="head-of-line FIFO (KOMBIT's udkø)")
+    c.add_argument(
+        "--retention", type=int, default=None, help="seconds acked copies are kept (max 30 days)"
+    )
+    c.add_argument("--max-deliveries", type=int, default=None)
+    ms.add_parser("list")
+    for name in ("show", "delete", "dead-letters", "requeue-dead", "replay"):
+        ms.add_parser(name).add_argument("mailbox")
+
+    s = sub.add_parser("subscription", help="subscriptions of a mailbox")
+    client_args(s)
+    ss = s.add_subparsers(dest="action", required=True)
+    c = ss.add_parser("create")
+    c.add_argument("mailbox")
+    c.add_argument("message_types", nargs="+", help="Beskedtype UUIDs")
+    ss.add_parser("list").add_argument("mailbox")
+    d = ss.add_parser("delete")
+    d.add_argument("mailbox")
+    d.add_argument("subscription")
+
+    s = sub.add_parser("admin", help="administration (admin token)")
+    client_args(s)
+    adm = s.add_subparsers(dest="what", required=True)
+    sy = adm.add_parser("system", help="systems (anvendersystemer)")
+    sya = sy.add_subparsers(dest="action", required=True)
+    sya.add_parser("create").add_argument("name")
+    sya.add_parser("list")
+    return p
+
+
+def _token(args: argparse.Namespace, *, admin: bool) -> str | None:
+    if args.token:
+        return str(args.token)
+    data = Path(args.data)
+    if admin:
+        env = os.environ.get("DUESLAG_ADMIN_TOKEN")
+        if env:
+            return env
+        f = data / "admin-token"
+        return f.read_text().strip() if f.exists() else None
+    f = data / "demo.json"
+    return str(json.loads(f.read_text())["token"]) if f.exists() else None
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def _detect(path: str, data: bytes, explicit: str | None, batch: bool) -> tuple[str, bool]:
+    if explicit:
+        return explicit, batch
+    head = data.lstrip()[:1]
+    if path.endswith(".xml") or head == b"<":
+        return "application/xml", False
+    if path.endswith((".ndjson", ".jsonl")):
+        return "application/x-ndjson", True
+    if path.endswith((".msgpack", ".mpk")):
+        return "application/msgpack", batch
+    if head == b"[":
+        return "application/json", True
+    return "application/json", batch
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+
+    import trio
+
+    from broker.config import BrokerConfig
+    from broker.server import ServerInfo, serve
+
+    if args.workers != 1:
+        print(
+            "dueslag: --workers > 1 is not supported yet (reserved for multi-core serving)",
+            file=sys.stderr,
+        )
+        return 2
+    config = BrokerConfig(
+        data_dir=args.data,
+        bind=args.bind,
+        workers=args.workers,
+        admin_token=args.admin_token,
+        sync=not args.no_sync,
+        demo=args.demo,
+        dedup_window_s=args.dedup_window,
+    )
+
+    async def run() -> None:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def on_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        stop.set()
+                        return
+
+            nursery.start_soon(on_signals)
+            info: ServerInfo = await nursery.start(
+                lambda task_status: serve(
+                    config, shutdown_trigger=stop.wait, task_status=task_status
+                )
+            )
+            _announce(info, config)
+            await stop.wait()
+        print("dueslag: stopped", flush=True)
+
+    trio.run(run)
+    return 0
+
+
+def _announce(info: Any, config: Any) -> None:
+    data = Path(config.data_dir)
+    print(f"dueslag: listening on {', '.join(info.binds)} (data in {data.resolve()})", flush=True)
+    if info.admin_token_new:
+        print(
+            f"dueslag: admin token (shown once, also in {data / 'admin-token'}): {info.admin_token}",
+            flush=True,
+        )
+    elif config.admin_token or os.environ.get("DUESLAG_ADMIN_TOKEN"):
+        print("dueslag: admin token: as given (--admin-token / $DUESLAG_ADMIN_TOKEN)", flush=True)
+    else:
+        print(f"dueslag: admin token: in {data / 'admin-token'}", flush=True)
+    demo = data / "demo.json"
+    if config.demo and demo.exists():
+        d = json.loads(demo.read_text())
+        print(
+            f"dueslag: demo system {d['system_id']}, mailbox {d['mailbox_id']} (token in {demo})",
+            flush=True,
+        )
+    print("dueslag: authenticate with 'Authorization: Bearer <token>'", flush=True)
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    from broker.client import Client
+
+    admin = args.command == "admin"
+    with Client(args.url, _token(args, admin=admin)) as c:
+        if args.command == "send":
+            data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+            ctype, batch = _detect(args.file, data, args.content_type, args.batch)
+            _print(c.send_batch(data, ctype) if batch else c.send(data, ctype))
+        elif args.command == "poll":
+            got = c.poll(args.mailbox, max=args.max, wait=args.wait, lease=args.lease)
+            for d in got:
+                if args.xml:
+                    print(c.delivery_xml(args.mailbox, d["delivery_id"]).decode())
+                else:
+                    _print(d)
+            if args.ack and got:
+                c.ack(args.mailbox, [d["delivery_id"] for d in got])
+            print(
+                f"# {len(got)} deliveries{' acknowledged' if args.ack and got else ''}",
+                file=sys.stderr,
+            )
+        elif args.command == "ack":
+            _print(c.ack(args.mailbox, args.delivery_ids))
+        elif args.command == "nack":
+            _print(c.nack(args.mailbox, args.delivery_ids, requeue=not args.dead))
+        elif args.command == "mailbox":
+            _mailbox(c, args)
+        elif args.command == "subscription":
+            if args.action == "create":
+                _print(c.subscribe(args.mailbox, args.message_types))
+            elif args.action == "list":
+                _print(c.list_subscriptions(args.mailbox))
+            else:
+                c.delete_subscription(args.mailbox, args.subscription)
+        elif args.command == "admin":
+            _print(c.create_system(args.name) if args.action == "create" else c.list_systems())
+    return 0
+
+
+def _mailbox(c: Any, args: argparse.Namespace) -> None:
+    if args.action == "create":
+        options = {}
+        if args.retention is not None:
+            options["retention_s"] = args.retention
+        if args.max_deliveries is not None:
+            options["max_deliveries"] = args.max_deliveries
+        _print(c.create_mailbox(args.name, strict=args.strict, **options))
+    elif args.action == "list":
+        _print(c.list_mailboxes())
+    elif args.action == "show":
+        _print(c.get_mailbox(args.mailbox))
+    elif args.action == "delete":
+        c.delete_mailbox(args.mailbox)
+    elif args.action == "dead-letters":
+        _print(c.dead_letters(args.mailbox))
+    elif args.action == "requeue-dead":
+        _print({"requeued": c.requeue_dead(args.mailbox)})
+    elif args.action == "replay":
+        _print({"replayed": c.replay(args.mailbox)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    from broker.client import ClientError
+
+    try:
+        return _client_command(args)
+    except ClientError as exc:
+        print(f"dueslag: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"dueslag: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
