@@ -58,23 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a BeskedId is remembered per sender",
     )
 
-    def client_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--url", default=os.environ.get("DUESLAG_URL", DEFAULT_URL))
-        sp.add_argument("--token", default=os.environ.get("DUESLAG_TOKEN"))
-        sp.add_argument(
-            "--data",
-            default=DEFAULT_DATA,
-            help="where to find demo/admin tokens when none is given",
-        )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=os.environ.get("DUESLAG_URL", DEFAULT_URL), help="broker URL ($DUESLAG_URL)")
+    common.add_argument("--token", default=os.environ.get("DUESLAG_TOKEN"), help="bearer token ($DUESLAG_TOKEN)")
+    common.add_argument("--data", default=DEFAULT_DATA, help="where to find demo/admin tokens when none is given")
+    leaf: dict[str, Any] = {"parents": [common]}
 
-    s = sub.add_parser("send", help="send an envelope (JSON, XML or msgpack), or a batch")
-    client_args(s)
+    s = sub.add_parser("send", help="send an envelope (JSON, XML or msgpack), or a batch", **leaf)
     s.add_argument("file", help="file to send, or - for standard input")
     s.add_argument("--content-type", default=None, help="override the detected Content-Type")
     s.add_argument("--batch", action="store_true", help="send as a batch (JSON array or NDJSON)")
 
-    s = sub.add_parser("poll", help="lease deliveries from a mailbox and print them")
-    client_args(s)
+    s = sub.add_parser("poll", help="lease deliveries from a mailbox and print them", **leaf)
     s.add_argument("mailbox")
     s.add_argument("--max", type=int, default=10)
     s.add_argument(
@@ -84,49 +79,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ack", action="store_true", help="acknowledge what was received")
     s.add_argument("--xml", action="store_true", help="print each delivery as Haendelsesbesked XML")
 
-    s = sub.add_parser("ack", help="acknowledge deliveries")
-    client_args(s)
+    s = sub.add_parser("ack", help="acknowledge deliveries", **leaf)
     s.add_argument("mailbox")
     s.add_argument("delivery_ids", nargs="+")
 
-    s = sub.add_parser("nack", help="requeue (or dead-letter) deliveries")
-    client_args(s)
+    s = sub.add_parser("nack", help="requeue (or dead-letter) deliveries", **leaf)
     s.add_argument("mailbox")
     s.add_argument("delivery_ids", nargs="+")
     s.add_argument("--dead", action="store_true", help="dead-letter instead of requeueing")
 
     s = sub.add_parser("mailbox", help="mailboxes of the calling system")
-    client_args(s)
     ms = s.add_subparsers(dest="action", required=True)
-    c = ms.add_parser("create")
+    c = ms.add_parser("create", **leaf)
     c.add_argument("name")
     c.add_argument("--strict", action="store_true", help="head-of-line FIFO (KOMBIT's udkø)")
     c.add_argument(
         "--retention", type=int, default=None, help="seconds acked copies are kept (max 30 days)"
     )
     c.add_argument("--max-deliveries", type=int, default=None)
-    ms.add_parser("list")
+    ms.add_parser("list", **leaf)
     for name in ("show", "delete", "dead-letters", "requeue-dead", "replay"):
-        ms.add_parser(name).add_argument("mailbox")
+        ms.add_parser(name, **leaf).add_argument("mailbox")
 
     s = sub.add_parser("subscription", help="subscriptions of a mailbox")
-    client_args(s)
     ss = s.add_subparsers(dest="action", required=True)
-    c = ss.add_parser("create")
+    c = ss.add_parser("create", **leaf)
     c.add_argument("mailbox")
     c.add_argument("message_types", nargs="+", help="Beskedtype UUIDs")
-    ss.add_parser("list").add_argument("mailbox")
-    d = ss.add_parser("delete")
+    ss.add_parser("list", **leaf).add_argument("mailbox")
+    d = ss.add_parser("delete", **leaf)
     d.add_argument("mailbox")
     d.add_argument("subscription")
 
     s = sub.add_parser("admin", help="administration (admin token)")
-    client_args(s)
     adm = s.add_subparsers(dest="what", required=True)
     sy = adm.add_parser("system", help="systems (anvendersystemer)")
     sya = sy.add_subparsers(dest="action", required=True)
-    sya.add_parser("create").add_argument("name")
-    sya.add_parser("list")
+    sya.add_parser("create", **leaf).add_argument("name")
+    sya.add_parser("list", **leaf)
     return p
 
 

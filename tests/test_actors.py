@@ -1,0 +1,202 @@
+"""The writer (group commit, back-pressure), the notifier and the sweeper, over MemoryStore."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+import trio
+import trio.testing
+
+from broker.errors import Overloaded, StoreError
+from broker.notifier import Notifier
+from broker.sweeper import Sweeper
+from broker.writer import Writer
+from store import MemoryStore
+from store.base import (
+    ApplyOutcome,
+    CreateMailbox,
+    CreateSubscription,
+    CreateSystem,
+    Lease,
+    Op,
+    Publish,
+    PublishResult,
+    Route,
+)
+from tests.conftest import TYPE1, FakeClock
+
+
+class CountingStore(MemoryStore):
+    """MemoryStore that records batch sizes and can be held inside apply (a slow fsync)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_next = False
+
+    def apply(self, ops: Sequence[Op], now_ms: int) -> ApplyOutcome:
+        self.gate.wait(10)
+        if self.fail_next:
+            self.fail_next = False
+            raise StoreError("disk on fire")
+        self.batches.append(len(ops))
+        return super().apply(ops, now_ms)
+
+
+def _setup(store: MemoryStore) -> None:
+    MemoryStore.apply(
+        store,
+        [
+            CreateSystem(id="sys", name="s", token_hash=b"h"),
+            CreateMailbox(id="mb", owner="sys", name="mb"),
+            CreateSubscription(id="sub", mailbox_id="mb", message_types=(TYPE1,)),
+        ],
+        0,
+    )
+
+
+def _publish(i: int) -> Publish:
+    return Publish(
+        sender="sys",
+        dedup_key=f"sys\0{i}".encode(),
+        transaction_id=f"t{i}",
+        body=b'{"n": %d}' % i,
+        routes=(Route("mb", "sub"),),
+        received_ms=1,
+    )
+
+
+async def test_group_commit_batches_concurrent_submits() -> None:
+    store = CountingStore()
+    _setup(store)
+    notifier = Notifier()
+    writer = Writer(store, notifier, clock=FakeClock())
+    results: dict[int, object] = {}
+
+    async def send(i: int) -> None:
+        (results[i],) = await writer.submit([_publish(i)])
+
+    async with trio.open_nursery() as n:
+        await n.start(writer.run)
+        store.gate.clear()  # hold the first commit so the others queue up behind it
+        for i in range(50):
+            n.start_soon(send, i)
+        await trio.testing.wait_all_tasks_blocked()
+        store.gate.set()
+        while len(results) < 50:
+            await trio.sleep(0.01)
+        n.cancel_scope.cancel()
+    assert all(isinstance(r, PublishResult) and r.mailboxes == 1 for r in results.values())
+    assert sum(store.batches) == 50
+    assert len(store.batches) <= 3  # group commit: far fewer transactions than requests
+    assert notifier.generation("mb") == len(store.batches)
+    assert store.mailbox_stats("mb").ready == 50
+
+
+async def test_full_queue_answers_overloaded(autojump_clock: trio.abc.Clock) -> None:
+    store = CountingStore()
+    _setup(store)
+    writer = Writer(store, Notifier(), queue_size=1, admission_timeout=2.0, clock=FakeClock())
+    outcomes: list[object] = []
+
+    async def send(i: int) -> None:
+        try:
+            await writer.submit([_publish(i)])
+            outcomes.append("ok")
+        except Overloaded as exc:
+            outcomes.append(exc)
+
+    async with trio.open_nursery() as n:
+        await n.start(writer.run)
+        store.gate.clear()
+        n.start_soon(send, 0)
+        await trio.testing.wait_all_tasks_blocked()  # the writer is now inside apply()
+        for i in range(1, 4):  # one fits the queue, two wait for room and time out
+            n.start_soon(send, i)
+        await trio.sleep(3)  # past the admission timeout (autojump: no real wait)
+        store.gate.set()
+        with trio.fail_after(10):
+            while len(outcomes) < 4:
+                await trio.sleep(0.01)
+        n.cancel_scope.cancel()
+    errors = [o for o in outcomes if isinstance(o, Overloaded)]
+    assert len(errors) == 2 and all(e.http_status == 503 and e.retry_after >= 1 for e in errors)
+    assert store.mailbox_stats("mb").ready == 2  # refused ones stored nothing
+
+
+async def test_failed_commit_raises_and_stores_nothing() -> None:
+    store = CountingStore()
+    _setup(store)
+    writer = Writer(store, Notifier(), clock=FakeClock())
+    async with trio.open_nursery() as n:
+        await n.start(writer.run)
+        store.fail_next = True
+        with pytest.raises(StoreError):
+            await writer.submit([_publish(1)])
+        (ok,) = await writer.submit([_publish(2)])  # the writer survives a failed batch
+        assert isinstance(ok, PublishResult)
+        n.cancel_scope.cancel()
+    assert store.mailbox_stats("mb").ready == 1
+
+
+async def test_submit_after_stop_is_refused() -> None:
+    store = CountingStore()
+    writer = Writer(store, Notifier(), clock=FakeClock())
+    async with trio.open_nursery() as n:
+        await n.start(writer.run)
+        n.cancel_scope.cancel()
+    with pytest.raises(Overloaded) as exc:
+        await writer.submit([_publish(1)])
+    assert exc.value.code == "shutting_down"
+
+
+async def test_notifier_wakes_waiter_and_never_loses_a_wakeup(autojump_clock: trio.abc.Clock) -> None:
+    notifier = Notifier()
+    since = notifier.generation("mb")
+    notifier.notify(["mb"])  # lands between "lease found nothing" and "wait"
+    assert await notifier.wait_ready("mb", since, trio.current_time() + 60) is True
+
+    woke: list[bool] = []
+
+    async def wait() -> None:
+        woke.append(await notifier.wait_ready("mb", notifier.generation("mb"), trio.current_time() + 60))
+
+    async with trio.open_nursery() as n:
+        n.start_soon(wait)
+        n.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert notifier.statistics().waiting_mailboxes == 1
+        notifier.notify(["other", "mb"])
+    assert woke == [True, True]
+    start = trio.current_time()
+    assert await notifier.wait_ready("mb", notifier.generation("mb"), start + 5) is False
+    assert trio.current_time() - start == pytest.approx(5)
+
+
+async def test_sweeper_expires_leases_on_its_timer() -> None:
+    store = MemoryStore()
+    _setup(store)
+    clock = FakeClock()
+    writer = Writer(store, Notifier(), clock=clock)
+    sweeper = Sweeper(writer, interval=0.01)
+    async with trio.open_nursery() as n:
+        await n.start(writer.run)
+        await writer.submit([_publish(1)])
+        (leased,) = await writer.submit([Lease(mailbox_id="mb", max=1, lease_ms=5000)])
+        assert isinstance(leased, list) and len(leased) == 1
+        await n.start(sweeper.run)
+        with trio.fail_after(5):
+            while sweeper.passes < 1:
+                await trio.sleep(0.005)
+            assert store.mailbox_stats("mb").in_flight == 1  # not yet expired: clock unchanged
+            clock.advance(6)
+            passes = sweeper.passes
+            while sweeper.passes < passes + 2:  # a pass that started after the clock moved
+                await trio.sleep(0.005)
+        n.cancel_scope.cancel()
+    st = store.mailbox_stats("mb")
+    assert (st.ready, st.in_flight) == (1, 0)

@@ -1,0 +1,78 @@
+"""The OpenAPI document matches the real routes; the CLI maps its flags to the config."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import cli
+from broker.config import BrokerConfig
+from broker.http import create_app
+from broker.http.openapi import openapi_document
+from broker.service import Broker
+from store import MemoryStore
+
+
+def _app_routes() -> set[tuple[str, str]]:
+    app = create_app(Broker(MemoryStore(), BrokerConfig(), admin_token="x"))
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+        for method in rule.methods or ():
+            if method not in ("HEAD", "OPTIONS"):
+                routes.add((method.lower(), path))
+    return routes
+
+
+def test_openapi_documents_exactly_the_routes() -> None:
+    doc = openapi_document()
+    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    normalise = lambda s: {(m, re.sub(r"\{[^}]+\}", "{}", p)) for m, p in s}  # noqa: E731
+    assert normalise(documented) == normalise(_app_routes())
+    assert doc["openapi"] == "3.1.0"
+    assert "Haendelsesbesked" in doc["components"]["schemas"]
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            public = path in ("/healthz", "/readyz")
+            assert ("security" in op) != public, (method, path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "value"),
+    [
+        (["serve", "--bind", "0.0.0.0:9000"], "bind", "0.0.0.0:9000"),
+        (["serve", "--data", "/tmp/x"], "data", "/tmp/x"),
+        (["serve", "--workers", "1"], "workers", 1),
+        (["serve", "--admin-token", "t"], "admin_token", "t"),
+        (["serve", "--demo"], "demo", True),
+        (["serve", "--no-sync"], "no_sync", True),
+        (["poll", "mb", "--max", "5", "--wait", "2.5", "--ack"], "wait", 2.5),
+        (["send", "-", "--batch"], "batch", True),
+        (["admin", "system", "create", "cpr"], "name", "cpr"),
+        (["mailbox", "create", "inbox", "--strict"], "strict", True),
+        (["subscription", "create", "mb", "a", "b"], "message_types", ["a", "b"]),
+    ],
+)
+def test_cli_flags(argv: list[str], field: str, value: object) -> None:
+    args = cli.build_parser().parse_args(argv)
+    assert getattr(args, field) == value
+
+
+def test_cli_reports_unreachable_broker(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["mailbox", "list", "--url", "http://127.0.0.1:9", "--token", "t"]) == 1
+    assert "unreachable" in capsys.readouterr().err
+
+
+def test_cli_refuses_more_workers_for_now(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--workers", "2"]) == 2
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_send_detects_content_type() -> None:
+    assert cli._detect("a.xml", b"<x/>", None, False) == ("application/xml", False)
+    assert cli._detect("-", b"  [ {} ]", None, False) == ("application/json", True)
+    assert cli._detect("a.ndjson", b"{}", None, False) == ("application/x-ndjson", True)
+    assert cli._detect("a.json", b"{}", None, False) == ("application/json", False)
