@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from broker.envelope import Haendelsesbesked, normalize
+from broker.envelope import Haendelsesbesked, expand_shorthands
 from broker.errors import (
     BrokerError,
     InvalidEnvelope,
@@ -107,17 +107,45 @@ def decode_struct(data: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
         raise err from None
 
 
+class _Loose(msgspec.Struct, forbid_unknown_fields=True):
+    """The top level of an envelope with the kuvert as builtins and the content kept raw."""
+
+    BeskedId: Any = msgspec.UNSET
+    BeskedVersion: Any = msgspec.UNSET
+    Beskedkuvert: Any = msgspec.UNSET
+    Beskeddata: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+_json_loose = msgspec.json.Decoder(_Loose)
+
+
 def _decode_json(data: bytes | memoryview, prefix: str) -> Haendelsesbesked:
     try:
-        besked = _json_envelope.decode(data)
+        return _json_envelope.decode(data)
+    except msgspec.ValidationError as exc:
+        besked = _decode_shorthand(data)
+        if besked is None:
+            raise validation_error(exc, prefix=prefix) from None
+        try:
+            return _json_envelope.decode(besked)
+        except msgspec.DecodeError as exc2:
+            raise validation_error(exc2, prefix=prefix) from None
     except msgspec.DecodeError as exc:
         raise validation_error(exc, prefix=prefix) from None
+
+
+def _decode_shorthand(data: bytes | memoryview) -> bytes | None:
+    """The slow path: the envelope with its shorthand ids and times expanded, or None when it
+    has none (then the strict decoder's error stands). Content stays raw bytes throughout."""
     try:
-        return normalize(besked)
-    except InvalidEnvelope as exc:
-        if prefix != "$" and exc.path:
-            exc.path = prefix + exc.path[1:]
-        raise
+        loose = _json_loose.decode(data)
+    except msgspec.DecodeError:
+        return None
+    top = {"BeskedId": loose.BeskedId}
+    if expand_shorthands(top) + expand_shorthands(loose.Beskedkuvert) == 0:
+        return None
+    loose.BeskedId = top["BeskedId"]
+    return _json_encoder.encode(loose)
 
 
 def _decode_msgpack(data: bytes, prefix: str) -> Haendelsesbesked:

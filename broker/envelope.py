@@ -68,13 +68,18 @@ class UnikId(_Model, frozen=True):
     UUIDIdentifikator: IdText | None = None
     URNIdentifikator: IdText | None = None
 
+    def __post_init__(self) -> None:
+        # Runs inside msgspec's decoder too, so a bad choice fails with the field's path.
+        if (self.UUIDIdentifikator is None) == (self.URNIdentifikator is None):
+            raise ValueError("a UnikId needs exactly one of UUIDIdentifikator or URNIdentifikator")
+
     @property
     def value(self) -> str:
         return self.UUIDIdentifikator or self.URNIdentifikator or ""
 
 
-#: On input a UnikId may be a bare string; after :func:`normalize` it is always a :class:`UnikId`.
-UnikIdIn = UnikId | IdText
+#: Kept for readers written against the lenient model: a UnikId field always holds a UnikId.
+UnikIdIn = UnikId
 
 
 class Tidspunkt(_Model, frozen=True):
@@ -83,8 +88,12 @@ class Tidspunkt(_Model, frozen=True):
     TidsstempelDatoTid: DateTimeText | None = None
     GraenseIndikator: bool | None = None
 
+    def __post_init__(self) -> None:
+        if (self.TidsstempelDatoTid is None) == (self.GraenseIndikator is None):
+            raise ValueError("a Tidspunkt needs exactly one of TidsstempelDatoTid or GraenseIndikator")
 
-TidspunktIn = Tidspunkt | DateTimeText | bool
+
+TidspunktIn = Tidspunkt
 
 
 class LokalUdvidelse(_Model):
@@ -170,6 +179,13 @@ class BeskeddataItem(_Model, frozen=True):
     base64: bytes | UnsetType = UNSET
     content_type: Annotated[str, Meta(max_length=255)] | UnsetType = UNSET
 
+    def __post_init__(self) -> None:
+        kinds = (self.json is not UNSET) + (self.xml is not UNSET) + (self.base64 is not UNSET)
+        if kinds != 1:
+            raise ValueError("a Beskeddata item needs exactly one of json, xml or base64")
+        if self.content_type is not UNSET and self.base64 is UNSET:
+            raise ValueError("content_type is only allowed on a base64 item")
+
 
 class Haendelsesbesked(_Model):
     """The envelope as it arrives from a sender and as it is stored (canonical form)."""
@@ -194,119 +210,87 @@ class StoredBesked(Struct, kw_only=True, omit_defaults=True):
 
 
 # --------------------------------------------------------------------------------------------
-# normalisation
+# shorthand expansion (the slow path: only for input that the strict model refused)
+
+#: Element names whose type is ``sd:UnikIdType`` (or an AktoerType), anywhere in the kuvert.
+UNIKID_FIELDS = frozenset(
+    {
+        "BeskedId", "Beskedtype", "BeskedAnsvarligAktoer", "TilladtModtager", "TvaergaaendeProces",
+        "ObjektId", "ObjektType", "ObjektRolle", "ObjektRegistreringId", "RegistreringsAktoer",
+        "ObjektAnsvarligMyndighed", "ObjektHandling", "OpgaveEmne", "TransaktionsId",
+        "Kildesystem", "Sikkerhedsklassificering", "Fordelingssystem", "ModtagetFraSystem",
+        "ErLeveretIHenholdTil", "Handling", "Responsmodtager",
+    }
+)  # fmt: skip
+#: Element names whose type is ``sd:TidspunktType``.
+TIDSPUNKT_FIELDS = frozenset(
+    {
+        "Registreringstidspunkt", "Dannelsestidspunkt", "ModtagelsesTidspunkt",
+        "LeveranceTidspunkt", "GyldighedFra", "GyldighedTil",
+    }
+)  # fmt: skip
 
 
-def _uid(value: UnikIdIn, path: str) -> UnikId:
+def _expand_id(value: Any) -> Any:
     if isinstance(value, str):
-        if value[:4].lower() == "urn:":
-            return UnikId(URNIdentifikator=value)
-        return UnikId(UUIDIdentifikator=value)
-    if (value.UUIDIdentifikator is None) == (value.URNIdentifikator is None):
-        raise InvalidEnvelope(
-            "a UnikId needs exactly one of UUIDIdentifikator or URNIdentifikator", path=path
-        )
+        key = "URNIdentifikator" if value[:4].lower() == "urn:" else "UUIDIdentifikator"
+        return {key: value}
     return value
 
 
-def _opt_uid(value: UnikIdIn | None, path: str) -> UnikId | None:
-    return None if value is None else _uid(value, path)
-
-
-def _time(value: TidspunktIn | None, path: str) -> Tidspunkt | None:
-    if value is None:
-        return None
+def _expand_time(value: Any) -> Any:
     if isinstance(value, bool):
-        return Tidspunkt(GraenseIndikator=value)
+        return {"GraenseIndikator": value}
     if isinstance(value, str):
-        return Tidspunkt(TidsstempelDatoTid=value)
-    if (value.TidsstempelDatoTid is None) == (value.GraenseIndikator is None):
-        raise InvalidEnvelope(
-            "a Tidspunkt needs exactly one of TidsstempelDatoTid or GraenseIndikator", path=path
-        )
+        return {"TidsstempelDatoTid": value}
     return value
 
 
-def _objektregistrering(o: ObjektRegistrering, p: str) -> None:
-    o.ObjektRegistreringId = _opt_uid(o.ObjektRegistreringId, p + ".ObjektRegistreringId")
-    o.RegistreringsAktoer = _opt_uid(o.RegistreringsAktoer, p + ".RegistreringsAktoer")
-    o.Registreringstidspunkt = _time(o.Registreringstidspunkt, p + ".Registreringstidspunkt")
-    o.ObjektAnsvarligMyndighed = _opt_uid(
-        o.ObjektAnsvarligMyndighed, p + ".ObjektAnsvarligMyndighed"
-    )
-    o.ObjektId = _opt_uid(o.ObjektId, p + ".ObjektId")
-    o.ObjektType = _opt_uid(o.ObjektType, p + ".ObjektType")
-    o.ObjektHandling = _opt_uid(o.ObjektHandling, p + ".ObjektHandling")
-    o.OpgaveEmne = _opt_uid(o.OpgaveEmne, p + ".OpgaveEmne")
+def expand_shorthands(node: Any) -> int:
+    """Rewrite, in place, bare-string UnikIds and bare Tidspunkt values of a kuvert tree given
+    as builtins (dicts and lists); returns how many were rewritten.
 
-
-def _leverancerute(r: Leverancerute, p: str) -> None:
-    r.Fordelingssystem = _opt_uid(r.Fordelingssystem, p + ".Fordelingssystem")
-    r.ModtagelsesTidspunkt = _time(r.ModtagelsesTidspunkt, p + ".ModtagelsesTidspunkt")
-    r.LeveranceTidspunkt = _time(r.LeveranceTidspunkt, p + ".LeveranceTidspunkt")
-    r.ModtagetFraSystem = _opt_uid(r.ModtagetFraSystem, p + ".ModtagetFraSystem")
-    r.ErLeveretIHenholdTil = _opt_uid(r.ErLeveretIHenholdTil, p + ".ErLeveretIHenholdTil")
+    ``"urn:…"`` becomes a URNIdentifikator, any other string a UUIDIdentifikator (so KOMBIT's
+    test id ``"1"`` works); a dateTime string becomes TidsstempelDatoTid, a bool GraenseIndikator.
+    Content (``Beskeddata``) is never passed here.
+    """
+    count = 0
+    if isinstance(node, list):
+        for item in node:
+            count += expand_shorthands(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key in UNIKID_FIELDS:
+                if isinstance(value, list):
+                    new: Any = [_expand_id(v) for v in value]
+                    count += sum(1 for a, b in zip(value, new, strict=True) if a is not b)
+                else:
+                    new = _expand_id(value)
+                    count += new is not value
+                node[key] = new
+            elif key in TIDSPUNKT_FIELDS:
+                new = _expand_time(value)
+                count += new is not value
+                node[key] = new
+            else:
+                count += expand_shorthands(value)
+    return count
 
 
 def normalize(besked: Haendelsesbesked) -> Haendelsesbesked:
-    """Bring a decoded envelope into canonical form, in place, and return it.
+    """Check an envelope built in code (decoded envelopes are checked by the decoder).
 
     Error handling:
-        Raises :class:`InvalidEnvelope` naming the path of the first choice element that has
-        both or neither branch, and of a content item that is not exactly one kind.
+        Raises :class:`InvalidEnvelope` naming the path of the first choice element with both or
+        neither branch (possible only when a Struct was built with ``msgspec.structs.replace``
+        or ``msgspec.convert``-free construction that skipped validation).
     """
-    besked.BeskedId = _uid(besked.BeskedId, "$.BeskedId")
-    k = besked.Beskedkuvert
-    f = k.Filtreringsdata
-    fp = "$.Beskedkuvert.Filtreringsdata"
-    f.Beskedtype = _uid(f.Beskedtype, fp + ".Beskedtype")
-    f.BeskedAnsvarligAktoer = _opt_uid(f.BeskedAnsvarligAktoer, fp + ".BeskedAnsvarligAktoer")
-    if f.TilladtModtager:
-        f.TilladtModtager = [
-            _uid(v, f"{fp}.TilladtModtager[{i}]") for i, v in enumerate(f.TilladtModtager)
-        ]
-    for i, ro in enumerate(f.RelateretObjekt):
-        rp = f"{fp}.RelateretObjekt[{i}]"
-        ro.ObjektId = _uid(ro.ObjektId, rp + ".ObjektId")
-        ro.ObjektType = _uid(ro.ObjektType, rp + ".ObjektType")
-        ro.ObjektRolle = _opt_uid(ro.ObjektRolle, rp + ".ObjektRolle")
-    for i, o in enumerate(f.ObjektRegistrering):
-        _objektregistrering(o, f"{fp}.ObjektRegistrering[{i}]")
-    if f.TvaergaaendeProces:
-        f.TvaergaaendeProces = [
-            _uid(v, f"{fp}.TvaergaaendeProces[{i}]") for i, v in enumerate(f.TvaergaaendeProces)
-        ]
-    li = k.Leveranceinformation
-    lp = "$.Beskedkuvert.Leveranceinformation"
-    li.Dannelsestidspunkt = _time(li.Dannelsestidspunkt, lp + ".Dannelsestidspunkt")
-    li.TransaktionsId = _opt_uid(li.TransaktionsId, lp + ".TransaktionsId")
-    li.Kildesystem = _opt_uid(li.Kildesystem, lp + ".Kildesystem")
-    li.Sikkerhedsklassificering = _opt_uid(
-        li.Sikkerhedsklassificering, lp + ".Sikkerhedsklassificering"
-    )
-    if li.Leveranceruter is not None:
-        for i, r in enumerate(li.Leveranceruter.Leverancerute):
-            _leverancerute(r, f"{lp}.Leveranceruter.Leverancerute[{i}]")
-    if k.Modtagerhandling is not None:
-        mp = "$.Beskedkuvert.Modtagerhandling"
-        k.Modtagerhandling.Handling = _opt_uid(k.Modtagerhandling.Handling, mp + ".Handling")
-        k.Modtagerhandling.Responsmodtager = _opt_uid(
-            k.Modtagerhandling.Responsmodtager, mp + ".Responsmodtager"
-        )
-    k.GyldighedFra = _time(k.GyldighedFra, "$.Beskedkuvert.GyldighedFra")
-    k.GyldighedTil = _time(k.GyldighedTil, "$.Beskedkuvert.GyldighedTil")
-    for i, item in enumerate(besked.Beskeddata):
-        kinds = (item.json is not UNSET) + (item.xml is not UNSET) + (item.base64 is not UNSET)
-        if kinds != 1:
-            raise InvalidEnvelope(
-                "a Beskeddata item needs exactly one of json, xml or base64",
-                path=f"$.Beskeddata[{i}]",
-            )
-        if item.content_type is not UNSET and item.base64 is UNSET:
-            raise InvalidEnvelope(
-                "content_type is only allowed on a base64 item",
-                path=f"$.Beskeddata[{i}].content_type",
-            )
+    try:
+        msgspec.json.decode(msgspec.json.encode(besked), type=Haendelsesbesked)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        msg, _, path = text.partition(" - at `")
+        raise InvalidEnvelope(msg, path=path.rstrip("`") or "$") from None
     return besked
 
 
@@ -332,7 +316,10 @@ def uid_key(value: UnikIdIn | None) -> str | None:
     text = uid_value(value)
     if text is None:
         return None
-    return text.lower() if _UUID_RE.match(text) else text
+    # cheap shape test first: this runs once per envelope on the hot path
+    if len(text) == 36 and text[8] == "-" and _UUID_RE.match(text):
+        return text.lower()
+    return text
 
 
 def to_builtins(besked: Haendelsesbesked) -> Any:

@@ -68,6 +68,12 @@ def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+def new_uuid() -> str:
+    """A random (version 4) UUID as text; several times cheaper than ``str(uuid.uuid4())``."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
 def new_token(prefix: str) -> str:
     return prefix + "_" + os.urandom(24).hex()
 
@@ -246,7 +252,7 @@ class Broker:
         self, sender: SystemRecord, besked: Haendelsesbesked, now_ms: int, ip: str | None
     ) -> Publish:
         """Enrich an accepted envelope as KOMBIT does and route it. Pure, no I/O."""
-        tid = str(uuid.UUID(bytes=os.urandom(16), version=4))
+        tid = new_uuid()
         li = besked.Beskedkuvert.Leveranceinformation
         li.TransaktionsId = UnikId(UUIDIdentifikator=tid)
         li.Kildesystem = UnikId(UUIDIdentifikator=sender.id)

@@ -108,3 +108,17 @@ def test_split_batch_forms() -> None:
         split_batch(b"[{", JSON)
     with pytest.raises(UnsupportedMediaType):
         split_batch(b"<a/>", "application/xml")
+
+
+def test_new_uuid_is_a_random_version_4_uuid() -> None:
+    import uuid
+
+    from broker.service import new_uuid
+
+    seen = set()
+    for _ in range(2000):
+        text = new_uuid()
+        u = uuid.UUID(text)
+        assert (u.version, u.variant, str(u)) == (4, uuid.RFC_4122, text)
+        seen.add(text)
+    assert len(seen) == 2000
