@@ -38,11 +38,33 @@ class BrokerConfig(Struct, kw_only=True):
 
 
 def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Create ``path`` (mode 0600) atomically: a crash leaves either no file or the whole one.
+
+    Raises FileExistsError when another process created it first.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # fails if it exists: the first writer wins, never a torn file
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _read_private(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
 
 
 def load_or_create_admin_token(
@@ -59,11 +81,16 @@ def load_or_create_admin_token(
     if env:
         return env, False
     path = Path(data_dir) / ADMIN_TOKEN_FILE
-    if path.exists():
-        return path.read_text().strip(), False
+    existing = _read_private(path)
+    if existing:
+        return existing, False
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # an empty file left by an older version's crash
     token = "adm_" + secrets.token_urlsafe(32)
-    _write_private(path, token)
+    try:
+        _write_private(path, token)
+    except FileExistsError:  # another worker process won the race
+        return _read_private(path) or token, False
     return token, True
 
 
@@ -72,12 +99,14 @@ def load_or_create_instance_id(data_dir: str | Path) -> str:
     import uuid
 
     path = Path(data_dir) / INSTANCE_ID_FILE
-    if path.exists():
-        return path.read_text().strip()
+    existing = _read_private(path)
+    if existing:
+        return existing
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
     value = str(uuid.uuid4())
     try:
         _write_private(path, value)
     except FileExistsError:  # another worker process won the race
-        return path.read_text().strip()
+        return _read_private(path) or value
     return value
