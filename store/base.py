@@ -49,6 +49,7 @@ __all__ = [
     "DeleteMailbox",
     "DeleteSubscription",
     "Delivery",
+    "Lease",
     "MailboxRecord",
     "MailboxStats",
     "Nack",
@@ -56,7 +57,6 @@ __all__ = [
     "OpResult",
     "Publish",
     "PublishResult",
-    "Lease",
     "Replay",
     "RequeueDead",
     "Route",
@@ -82,7 +82,7 @@ class _Record(Struct, frozen=True, kw_only=True):
 # ----------------------------------------------------------------------------- records
 
 
-class SystemRecord(_Record):
+class SystemRecord(_Record, frozen=True):
     """An anvendersystem (a sending and/or receiving IT system)."""
 
     id: str  # UUID text
@@ -91,7 +91,7 @@ class SystemRecord(_Record):
     created_ms: int
 
 
-class MailboxRecord(_Record):
+class MailboxRecord(_Record, frozen=True):
     """A dueslag. ``num`` is the store's compact internal number, used in its keys."""
 
     id: str  # UUID text
@@ -104,7 +104,7 @@ class MailboxRecord(_Record):
     created_ms: int = 0
 
 
-class SubscriptionRecord(_Record):
+class SubscriptionRecord(_Record, frozen=True):
     """An abonnement: which envelopes go into one mailbox.
 
     ``expression`` is the seam for the filter language (a later issue); a store keeps it as text.
@@ -119,7 +119,7 @@ class SubscriptionRecord(_Record):
     created_ms: int = 0
 
 
-class MailboxStats(_Record):
+class MailboxStats(_Record, frozen=True):
     ready: int
     in_flight: int
     copy: int
@@ -127,7 +127,7 @@ class MailboxStats(_Record):
     oldest_ready_ms: int | None  # receive time of the oldest ready delivery
 
 
-class Delivery(_Record):
+class Delivery(_Record, frozen=True):
     """One delivery of one message to one mailbox, as handed to a receiver."""
 
     delivery_id: str  # "<seq>-<attempt>", see delivery_id()
@@ -140,7 +140,7 @@ class Delivery(_Record):
     reason: str | None = None  # why it is dead, for dead letters
 
 
-class StoreStats(_Record):
+class StoreStats(_Record, frozen=True):
     messages: int  # bodies currently stored
     next_seq: int
     mailboxes: int
@@ -156,13 +156,13 @@ class Op(Struct, frozen=True, kw_only=True, tag_field="op"):
     """Base of every write operation (a tagged union, dispatched with ``match``)."""
 
 
-class CreateSystem(Op, tag="create_system"):
+class CreateSystem(Op, frozen=True, tag="create_system"):
     id: str
     name: str
     token_hash: bytes
 
 
-class CreateMailbox(Op, tag="create_mailbox"):
+class CreateMailbox(Op, frozen=True, tag="create_mailbox"):
     id: str
     owner: str
     name: str
@@ -171,20 +171,20 @@ class CreateMailbox(Op, tag="create_mailbox"):
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
 
 
-class DeleteMailbox(Op, tag="delete_mailbox"):
+class DeleteMailbox(Op, frozen=True, tag="delete_mailbox"):
     """Deletes the mailbox, its subscriptions and every delivery record it holds."""
 
     id: str
 
 
-class CreateSubscription(Op, tag="create_subscription"):
+class CreateSubscription(Op, frozen=True, tag="create_subscription"):
     id: str
     mailbox_id: str
     message_types: tuple[str, ...]
     expression: str | None = None
 
 
-class DeleteSubscription(Op, tag="delete_subscription"):
+class DeleteSubscription(Op, frozen=True, tag="delete_subscription"):
     id: str
     mailbox_id: str
 
@@ -194,11 +194,12 @@ class Route(Struct, frozen=True, array_like=True):
     subscription_id: str
 
 
-class Publish(Op, tag="publish"):
+class Publish(Op, frozen=True, tag="publish"):
     """Store one envelope once and put a ready delivery into each routed mailbox.
 
-    ``dedup_key`` identifies (sending system, BeskedId). If a live dedup record exists for it
-    (younger than ``dedup_window_ms``), nothing is stored and the original result comes back
+    ``dedup_key`` identifies (sending system, BeskedId); empty means "no dedup". If a live
+    dedup record exists for it (``received_ms + dedup_window_ms`` of the original is after the
+    ``now_ms`` of this apply), nothing is stored and the original result comes back
     with ``duplicate=True``. Routes to mailboxes that no longer exist are skipped. With no
     (remaining) route the body is not stored at all, but the dedup record is.
     """
@@ -212,7 +213,7 @@ class Publish(Op, tag="publish"):
     dedup_window_ms: int = 24 * 3600 * 1000
 
 
-class Lease(Op, tag="lease"):
+class Lease(Op, frozen=True, tag="lease"):
     """Lease up to ``max`` ready deliveries of a mailbox, in sequence order.
 
     A ``strict`` mailbox offers only ready deliveries older (lower seq) than every delivery in
@@ -224,12 +225,12 @@ class Lease(Op, tag="lease"):
     lease_ms: int
 
 
-class Ack(Op, tag="ack"):
+class Ack(Op, frozen=True, tag="ack"):
     mailbox_id: str
     delivery_ids: tuple[str, ...]
 
 
-class Nack(Op, tag="nack"):
+class Nack(Op, frozen=True, tag="nack"):
     """Requeue (back to ready, same position) or dead-letter leased deliveries.
 
     A requeue of a delivery whose attempt already reached the mailbox's ``max_deliveries``
@@ -241,7 +242,7 @@ class Nack(Op, tag="nack"):
     requeue: bool = True
 
 
-class RequeueDead(Op, tag="requeue_dead"):
+class RequeueDead(Op, frozen=True, tag="requeue_dead"):
     """Dead letters back to ready (attempt count reset to 0). Empty ``delivery_ids`` = all."""
 
     mailbox_id: str
@@ -249,10 +250,10 @@ class RequeueDead(Op, tag="requeue_dead"):
     limit: int = 10_000
 
 
-class Replay(Op, tag="replay"):
+class Replay(Op, frozen=True, tag="replay"):
     """Copies of acknowledged deliveries back to ready (attempt reset), oldest first.
 
-    Only copies acknowledged at or after ``since_ms`` (received time) are replayed.
+    Only copies of messages *received* at or after ``since_ms`` are replayed.
     """
 
     mailbox_id: str
@@ -260,7 +261,7 @@ class Replay(Op, tag="replay"):
     limit: int = 10_000
 
 
-class Sweep(Op, tag="sweep"):
+class Sweep(Op, frozen=True, tag="sweep"):
     """Expire leases, purge copies/dead letters past retention and old dedup records.
 
     Bounded: touches at most ``max_items`` records per kind; ``SweepResult.more`` says whether
@@ -273,13 +274,13 @@ class Sweep(Op, tag="sweep"):
 # ----------------------------------------------------------------------------- results
 
 
-class PublishResult(_Record):
+class PublishResult(_Record, frozen=True):
     transaction_id: str
     mailboxes: int
     duplicate: bool
 
 
-class AckResult(_Record):
+class AckResult(_Record, frozen=True):
     """``failed`` lists (delivery_id, code) for ids that were not acked/nacked.
 
     Codes: ``unknown_delivery`` (not in flight in this mailbox, or a stale attempt),
@@ -290,7 +291,10 @@ class AckResult(_Record):
     failed: tuple[tuple[str, str], ...] = ()
 
 
-class SweepResult(_Record):
+class SweepResult(_Record, frozen=True):
+    """Counts of one sweep. ``expired_leases`` counts every expired lease; ``dead_lettered``
+    is the part of those that went to dead letters (attempts exhausted)."""
+
     expired_leases: int = 0
     dead_lettered: int = 0
     purged_copies: int = 0
@@ -314,7 +318,7 @@ OpResult = (
 )
 
 
-class ApplyOutcome(_Record):
+class ApplyOutcome(_Record, frozen=True):
     """What :meth:`Store.apply` returns.
 
     ``results[i]`` belongs to ``ops[i]``. ``ready`` names every mailbox that gained ready

@@ -1,0 +1,340 @@
+"""Delivery operations: publish, lease, ack/nack, requeue dead letters, replay.
+
+Theory of operation
+-------------------
+A delivery of message ``seq`` to mailbox ``num`` lives under the key ``(num, seq)`` in exactly
+one of the databases ``ready``, ``in_flight``, ``copy`` or ``dead``; moving it between states
+deletes one record and puts another under the same key, so a redelivery keeps its place in
+sequence order. ``in_flight``, ``copy`` and ``dead`` records also have an entry in a time index
+(lease deadline, retention expiry) that the sweep walks (see ``store.retention``). Each move
+adjusts the mailbox's counters in the batch.
+
+Every op checks its preconditions (and raises its refusal) before it writes anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from broker.errors import InvalidInput, StoreError
+
+from . import keys as k
+from .base import (
+    Ack,
+    AckResult,
+    Delivery,
+    Lease,
+    MailboxRecord,
+    Nack,
+    Publish,
+    PublishResult,
+    Replay,
+    RequeueDead,
+    Route,
+    delivery_id,
+    parse_delivery_id,
+)
+from .batch import COPY, DEAD, IN_FLIGHT, READY, Batch
+from .keys import Db
+from .kv import KvReader
+
+__all__ = [
+    "MAX_MS",
+    "MAX_SEQ",
+    "ack",
+    "body_of",
+    "lease",
+    "nack",
+    "publish",
+    "replay",
+    "requeue_dead",
+]
+
+#: The largest seq a key can hold (ids naming a larger one name nothing).
+MAX_SEQ = (1 << 64) - 1
+_CHUNK = 512
+
+
+#: Bound of times and durations (ms): keeps every time key within its 8 bytes.
+MAX_MS = 1 << 48
+
+
+def _at_least(field: str, value: int, minimum: int) -> None:
+    if not minimum <= value <= MAX_MS:
+        raise InvalidInput(
+            f"{field} must be between {minimum} and {MAX_MS}, got {value}", path=f"$.{field}"
+        )
+
+
+# ----------------------------------------------------------------------------- publish
+
+
+def publish(batch: Batch, op: Publish) -> PublishResult:
+    """Buffer one envelope: dedup check, body once, a ready delivery per distinct mailbox."""
+    if not (0 <= op.received_ms <= MAX_MS and 0 <= op.dedup_window_ms <= MAX_MS):
+        _at_least("received_ms", op.received_ms, 0)
+        _at_least("dedup_window_ms", op.dedup_window_ms, 0)
+    dedup_key = op.dedup_key or None
+    if dedup_key is not None and len(dedup_key) > k.MAX_DEDUP_KEY:
+        dedup_key = k.normalize_dedup_key(dedup_key)
+    stale = None
+    if dedup_key is not None:
+        prior = batch.dedup_record(dedup_key)
+        if prior is not None:
+            if prior.expires_ms > batch.now:
+                return PublishResult(
+                    transaction_id=prior.transaction_id, mailboxes=prior.mailboxes, duplicate=True
+                )
+            stale = prior
+    targets: list[tuple[MailboxRecord, Route]] = []
+    seen: set[int] = set()
+    for route in op.routes:
+        mailbox = batch.mailbox(route.mailbox_id)
+        if mailbox is not None and mailbox.num not in seen:
+            seen.add(mailbox.num)
+            targets.append((mailbox, route))
+    # writes from here on
+    if targets:
+        batch.add_message(op.received_ms, op.body, targets)
+    if dedup_key is not None:
+        if stale is not None:
+            batch.txn.delete(Db.DEDUP_EXPIRY, k.dedup_expiry_key(stale.expires_ms, dedup_key))
+        expires = op.received_ms + op.dedup_window_ms
+        batch.add_dedup(dedup_key, k.DedupValue(op.transaction_id, len(targets), expires))
+    return PublishResult(transaction_id=op.transaction_id, mailboxes=len(targets), duplicate=False)
+
+
+# ----------------------------------------------------------------------------- lease
+
+
+def body_of(txn: KvReader, seq: int) -> tuple[int, bytes]:
+    raw = txn.get(Db.BODIES, k.seq_key(seq))
+    if raw is None:
+        raise StoreError(f"message {seq} has a delivery record but no body")
+    return k.decode_body(raw)
+
+
+def lease(batch: Batch, op: Lease) -> list[Delivery]:
+    """Move up to ``max`` ready deliveries (lowest seqs first) in flight."""
+    mailbox = batch.require_mailbox(op.mailbox_id)
+    _at_least("max", op.max, 1)
+    _at_least("lease_ms", op.lease_ms, 1)
+    txn = batch.txn
+    num = mailbox.num
+    start, end = k.mailbox_range(num)
+    if mailbox.strict:
+        head = txn.first(Db.IN_FLIGHT, start, end)
+        if head is not None:
+            end = head[0]  # only what precedes the earliest delivery in flight
+    taken = txn.take(Db.READY, start, end, op.max)
+    if not taken:
+        return []
+    deadline = batch.now + op.lease_ms
+    flights: list[tuple[bytes, bytes]] = []
+    leases: list[tuple[bytes, bytes]] = []
+    out: list[Delivery] = []
+    values: dict[bytes, tuple[int, str, bytes]] = {}  # ready value -> attempt, sub, flight value
+    seqs = [k.parse_delivery_key(key)[1] for key, _ in taken]
+    bodies = txn.get_many(Db.BODIES, [k.seq_key(seq) for seq in seqs])
+    for (key, raw), seq, stored in zip(taken, seqs, bodies, strict=True):
+        cached = values.get(raw)
+        if cached is None:
+            ready = k.decode_value(raw, k.ReadyValue)
+            attempt = ready.attempt + 1
+            flight = k.FlightValue(attempt, ready.subscription_id, deadline)
+            cached = values[raw] = (attempt, ready.subscription_id, k.encode_value(flight))
+        attempt, subscription_id, value = cached
+        flights.append((key, value))
+        leases.append((k.time_key(deadline, num, seq), b""))
+        if stored is None:
+            raise StoreError(f"message {seq} has a delivery record but no body")
+        received_ms, body = k.decode_body(stored)
+        out.append(
+            Delivery(
+                delivery_id=delivery_id(seq, attempt),
+                seq=seq,
+                attempt=attempt,
+                subscription_id=subscription_id,
+                received_ms=received_ms,
+                body=body,
+                leased_until_ms=deadline,
+            )
+        )
+    txn.put_many(Db.IN_FLIGHT, flights)
+    txn.put_many(Db.LEASE_EXPIRY, leases)
+    counts = batch.counters(num)
+    counts[READY] -= len(out)
+    counts[IN_FLIGHT] += len(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- ack / nack
+
+
+def _settle(
+    batch: Batch, mailbox: MailboxRecord, ids: Sequence[str], failed: list[tuple[str, str]]
+) -> list[tuple[bytes, int, k.FlightValue]]:
+    """Take the in-flight deliveries named by ids out of flight; failures go to ``failed``."""
+    txn = batch.txn
+    num = mailbox.num
+    parsed = [parse_delivery_id(text) for text in ids]
+    keys = [k.delivery_key(num, p[0]) if p and p[0] <= MAX_SEQ else b"" for p in parsed]
+    stored = txn.get_many(Db.IN_FLIGHT, [key for key in keys if key])
+    out: list[tuple[bytes, int, k.FlightValue]] = []
+    decoded: dict[bytes, k.FlightValue] = {}  # one lease gives many deliveries one value
+    taken: set[bytes] = set()
+    found = iter(stored)
+    for text, p, key in zip(ids, parsed, keys, strict=True):
+        raw = next(found) if key else None
+        if raw is None or p is None or key in taken:
+            failed.append((text, "unknown_delivery"))
+            continue
+        flight = decoded.get(raw)
+        if flight is None:
+            flight = decoded[raw] = k.decode_value(raw, k.FlightValue)
+        if flight.attempt != p[1]:
+            failed.append((text, "unknown_delivery"))
+        elif flight.deadline_ms <= batch.now:
+            failed.append((text, "lease_expired"))
+        else:
+            taken.add(key)
+            out.append((key, p[0], flight))
+    txn.delete_many(Db.IN_FLIGHT, [key for key, _, _ in out])
+    txn.delete_many(
+        Db.LEASE_EXPIRY, [k.time_key(flight.deadline_ms, num, seq) for _, seq, flight in out]
+    )
+    batch.counters(num)[IN_FLIGHT] -= len(out)
+    return out
+
+
+def _retention_end(batch: Batch, mailbox: MailboxRecord) -> int:
+    return batch.now + mailbox.retention_s * 1000
+
+
+def ack(batch: Batch, op: Ack) -> AckResult:
+    """In-flight deliveries (same attempt, lease not expired) to the copy queue."""
+    mailbox = batch.require_mailbox(op.mailbox_id)
+    failed: list[tuple[str, str]] = []
+    settled = _settle(batch, mailbox, op.delivery_ids, failed)
+    if settled:
+        expires = _retention_end(batch, mailbox)
+        copies = []
+        index = []
+        values: dict[tuple[int, str], bytes] = {}
+        for key, seq, flight in settled:
+            value = values.get((flight.attempt, flight.subscription_id))
+            if value is None:
+                copy = k.CopyValue(batch.now, flight.attempt, flight.subscription_id, expires)
+                value = values[flight.attempt, flight.subscription_id] = k.encode_value(copy)
+            copies.append((key, value))
+            index.append((k.time_key(expires, mailbox.num, seq), b""))
+        copies.sort()
+        index.sort()
+        batch.txn.put_many(Db.COPY, copies)
+        batch.txn.put_many(Db.COPY_EXPIRY, index)
+        batch.counters(mailbox.num)[COPY] += len(settled)
+    return AckResult(count=len(settled), failed=tuple(failed))
+
+
+def to_dead(
+    batch: Batch, mailbox: MailboxRecord, seq: int, attempt: int, sub: str, reason: str
+) -> None:
+    """Put a dead letter (the caller removed its previous record)."""
+    expires = _retention_end(batch, mailbox)
+    value = k.DeadValue(batch.now, attempt, sub, reason, expires)
+    batch.txn.put(Db.DEAD, k.delivery_key(mailbox.num, seq), k.encode_value(value))
+    batch.txn.put(Db.DEAD_EXPIRY, k.time_key(expires, mailbox.num, seq), b"")
+    batch.counters(mailbox.num)[DEAD] += 1
+
+
+def to_ready(batch: Batch, mailbox: MailboxRecord, seq: int, attempt: int, sub: str) -> None:
+    """Put a ready delivery (the caller removed its previous record)."""
+    value = k.encode_value(k.ReadyValue(attempt, sub))
+    batch.txn.put(Db.READY, k.delivery_key(mailbox.num, seq), value)
+    batch.counters(mailbox.num)[READY] += 1
+    batch.ready.add(mailbox.id)
+
+
+def nack(batch: Batch, op: Nack) -> AckResult:
+    """In-flight deliveries back to ready (same attempt), or to the dead letters."""
+    mailbox = batch.require_mailbox(op.mailbox_id)
+    failed: list[tuple[str, str]] = []
+    settled = _settle(batch, mailbox, op.delivery_ids, failed)
+    for _, seq, flight in settled:
+        if not op.requeue:
+            to_dead(batch, mailbox, seq, flight.attempt, flight.subscription_id, "nacked")
+        elif flight.attempt >= mailbox.max_deliveries:
+            to_dead(batch, mailbox, seq, flight.attempt, flight.subscription_id, "max_deliveries")
+        else:
+            to_ready(batch, mailbox, seq, flight.attempt, flight.subscription_id)
+    return AckResult(count=len(settled), failed=tuple(failed))
+
+
+# ----------------------------------------------------------------------------- requeue / replay
+
+
+def requeue_dead(batch: Batch, op: RequeueDead) -> int:
+    """Dead letters (all, or the named ones) back to ready with attempt 0."""
+    mailbox = batch.require_mailbox(op.mailbox_id)
+    _at_least("limit", op.limit, 1)
+    txn = batch.txn
+    num = mailbox.num
+    count = 0
+
+    def move(key: bytes, raw: bytes) -> None:
+        seq = k.parse_delivery_key(key)[1]
+        dead = k.decode_value(raw, k.DeadValue)
+        txn.delete(Db.DEAD, key)
+        txn.delete(Db.DEAD_EXPIRY, k.time_key(dead.expires_ms, num, seq))
+        batch.counters(num)[DEAD] -= 1
+        to_ready(batch, mailbox, seq, 0, dead.subscription_id)
+
+    if op.delivery_ids:
+        for text in op.delivery_ids:
+            parsed = parse_delivery_id(text)
+            if parsed is None or parsed[0] > MAX_SEQ:
+                continue
+            key = k.delivery_key(num, parsed[0])
+            raw = txn.get(Db.DEAD, key)
+            if raw is not None:
+                move(key, raw)
+                count += 1
+                if count >= op.limit:
+                    break
+    else:
+        start, end = k.mailbox_range(num)
+        for key, raw in txn.scan(Db.DEAD, start, end, op.limit):
+            move(key, raw)
+            count += 1
+    return count
+
+
+def replay(batch: Batch, op: Replay) -> int:
+    """Copies of messages received at or after ``since_ms`` back to ready, oldest first."""
+    mailbox = batch.require_mailbox(op.mailbox_id)
+    _at_least("limit", op.limit, 1)
+    txn = batch.txn
+    num = mailbox.num
+    start, end = k.mailbox_range(num)
+    count = 0
+    while count < op.limit:
+        chunk = txn.scan(Db.COPY, start, end, _CHUNK)
+        for key, raw in chunk:
+            seq = k.parse_delivery_key(key)[1]
+            received = txn.get(Db.BODIES, k.seq_key(seq))
+            if received is None:
+                raise StoreError(f"message {seq} has a delivery record but no body")
+            if k.received_ms_of(received) < op.since_ms:
+                continue
+            copy = k.decode_value(raw, k.CopyValue)
+            txn.delete(Db.COPY, key)
+            txn.delete(Db.COPY_EXPIRY, k.time_key(copy.expires_ms, num, seq))
+            batch.counters(num)[COPY] -= 1
+            to_ready(batch, mailbox, seq, 0, copy.subscription_id)
+            count += 1
+            if count >= op.limit:
+                break
+        if len(chunk) < _CHUNK:
+            break
+        start = chunk[-1][0] + b"\x00"
+    return count

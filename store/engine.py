@@ -1,0 +1,192 @@
+"""The one implementation of :class:`~store.base.Store`, written against ``store.kv``.
+
+Theory of operation
+-------------------
+:class:`KvStore` is the Store; :class:`~store.lmdb_store.LmdbStore` and
+:class:`~store.memory.MemoryStore` only choose its key-value backend, so both run exactly the
+same logic and the same encodings. :meth:`KvStore.apply` opens one write transaction, wraps it
+in a :class:`~store.batch.Batch` and dispatches each op with ``match``. An op refused with a
+:class:`~broker.errors.BrokerError` becomes that op's result (ops check before they write, so a
+refusal leaves nothing behind); anything else aborts the whole transaction and comes out as
+:class:`~broker.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from broker.errors import BrokerError, InvalidInput, StoreError
+
+from . import deliveries, directory, queries, retention
+from . import keys as k
+from .base import (
+    Ack,
+    ApplyOutcome,
+    CreateMailbox,
+    CreateSubscription,
+    CreateSystem,
+    DeleteMailbox,
+    DeleteSubscription,
+    Delivery,
+    Lease,
+    MailboxRecord,
+    MailboxStats,
+    Nack,
+    Op,
+    OpResult,
+    Publish,
+    Replay,
+    RequeueDead,
+    StoreStats,
+    SubscriptionRecord,
+    Sweep,
+    SystemRecord,
+)
+from .batch import Batch
+from .keys import Db
+from .kv import KvEnv
+
+__all__ = ["KvStore"]
+
+
+def _dispatch(batch: Batch, op: Op) -> OpResult:
+    match op:
+        case Publish():
+            return deliveries.publish(batch, op)
+        case Lease():
+            return deliveries.lease(batch, op)
+        case Ack():
+            return deliveries.ack(batch, op)
+        case Nack():
+            return deliveries.nack(batch, op)
+        case Sweep():
+            return retention.sweep(batch, op)
+        case RequeueDead():
+            return deliveries.requeue_dead(batch, op)
+        case Replay():
+            return deliveries.replay(batch, op)
+        case CreateSystem():
+            return directory.create_system(batch, op)
+        case CreateMailbox():
+            return directory.create_mailbox(batch, op)
+        case DeleteMailbox():
+            directory.delete_mailbox(batch, op)
+            return None
+        case CreateSubscription():
+            return directory.create_subscription(batch, op)
+        case DeleteSubscription():
+            directory.delete_subscription(batch, op)
+            return None
+        case _:
+            raise InvalidInput(f"unknown operation {type(op).__name__}")
+
+
+class KvStore:
+    """A :class:`~store.base.Store` over a key-value backend.
+
+    Error handling: the format marker is checked on construction (StoreError when missing
+    from a non-empty environment, or of another version).
+    """
+
+    def __init__(self, kv: KvEnv) -> None:
+        self._kv = kv
+        self._closed = False
+        with kv.write() as txn:
+            raw = txn.get(Db.META, k.META_FORMAT)
+            if raw is not None:
+                k.check_format(raw)
+            elif any(txn.count(db) for db in Db):
+                raise StoreError(
+                    "the environment holds data but no format marker: not a dueslag store"
+                )
+            else:
+                txn.put(Db.META, k.META_FORMAT, k.encode_format())
+
+    # ------------------------------------------------------------------------- writes
+
+    def apply(self, ops: Sequence[Op], now_ms: int) -> ApplyOutcome:
+        """Apply every op in ONE write transaction; durable on return. See store.base."""
+        if not 0 <= now_ms <= deliveries.MAX_MS:
+            raise StoreError(f"now_ms must be between 0 and {deliveries.MAX_MS}, got {now_ms}")
+        if not ops:
+            return ApplyOutcome(results=[])
+        try:
+            with self._kv.write() as txn:
+                batch = Batch(txn, now_ms)
+                results: list[OpResult] = []
+                for op in ops:
+                    if type(op) is not Publish:
+                        batch.flush()  # later ops must see the buffered publishes
+                    try:
+                        results.append(_dispatch(batch, op))
+                    except StoreError:
+                        raise
+                    except BrokerError as exc:
+                        results.append(exc)
+                batch.finish()
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"apply failed and nothing of the batch was applied: {type(exc).__name__}: {exc}"
+            ) from exc
+        return ApplyOutcome(results=results, ready=frozenset(batch.ready))
+
+    # ------------------------------------------------------------------------- reads
+
+    def get_system(self, system_id: str) -> SystemRecord | None:
+        with self._kv.read() as txn:
+            return directory.get_system(txn, system_id)
+
+    def get_system_by_token_hash(self, token_hash: bytes) -> SystemRecord | None:
+        with self._kv.read() as txn:
+            return directory.get_system_by_token_hash(txn, token_hash)
+
+    def list_systems(self) -> list[SystemRecord]:
+        with self._kv.read() as txn:
+            return directory.list_systems(txn)
+
+    def get_mailbox(self, mailbox_id: str) -> MailboxRecord | None:
+        with self._kv.read() as txn:
+            return directory.get_mailbox(txn, mailbox_id)
+
+    def list_mailboxes(self, owner: str) -> list[MailboxRecord]:
+        with self._kv.read() as txn:
+            return directory.list_mailboxes(txn, owner)
+
+    def mailbox_stats(self, mailbox_id: str) -> MailboxStats:
+        """Counts per queue; raises NotFound for an unknown mailbox. O(1), not a scan."""
+        with self._kv.read() as txn:
+            return queries.mailbox_stats(txn, mailbox_id)
+
+    def get_subscription(self, subscription_id: str) -> SubscriptionRecord | None:
+        with self._kv.read() as txn:
+            return directory.get_subscription(txn, subscription_id)
+
+    def list_subscriptions(self, mailbox_id: str | None = None) -> list[SubscriptionRecord]:
+        with self._kv.read() as txn:
+            return directory.list_subscriptions(txn, mailbox_id)
+
+    def get_leased(self, mailbox_id: str, delivery_id: str, now_ms: int) -> Delivery:
+        with self._kv.read() as txn:
+            return queries.get_leased(txn, mailbox_id, delivery_id, now_ms)
+
+    def list_dead(self, mailbox_id: str, limit: int = 100) -> list[Delivery]:
+        with self._kv.read() as txn:
+            return queries.list_dead(txn, mailbox_id, limit)
+
+    def statistics(self) -> StoreStats:
+        with self._kv.read() as txn:
+            raw = txn.get(Db.META, k.META_NEXT_SEQ)
+            return StoreStats(
+                messages=txn.count(Db.BODIES),
+                next_seq=1 if raw is None else k.decode_int(raw),
+                mailboxes=txn.count(Db.MAILBOXES),
+                format_version=k.FORMAT_VERSION,
+            )
+
+    def close(self) -> None:
+        """Close the backend; only after every thread using this store is done."""
+        if not self._closed:
+            self._closed = True
+            self._kv.close()

@@ -1,0 +1,90 @@
+"""The key-value layer: both backends behave alike, and a failed write leaves nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from storekit import TEST_MAP_SIZE
+
+from broker.errors import StoreError
+from store.kv import KvEnv, LmdbKv, MemoryKv
+
+NAMES = (b"one", b"two")
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def kv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KvEnv]:
+    env: KvEnv = (
+        MemoryKv(NAMES)
+        if request.param == "memory"
+        else LmdbKv(tmp_path, NAMES, map_size=TEST_MAP_SIZE, sync=False)
+    )
+    yield env
+    env.close()
+
+
+def test_reads_and_writes(kv: KvEnv) -> None:
+    with kv.write() as txn:
+        txn.put_many(0, [(bytes([n]), b"v%d" % n) for n in range(1, 10)], append=True)
+        txn.put(1, b"a", b"other db")
+        assert txn.delete(0, b"\x05")
+        assert not txn.delete(0, b"\x05")
+    with kv.read() as txn:
+        assert txn.get(0, b"\x01") == b"v1"
+        assert txn.get(0, b"\x05") is None
+        assert txn.get(1, b"a") == b"other db"
+        assert txn.count(0) == 8
+        assert [k for k, _ in txn.scan(0, b"\x03", b"\x08")] == [b"\x03", b"\x04", b"\x06", b"\x07"]
+        assert [k for k, _ in txn.scan(0, b"\x03", None, 2)] == [b"\x03", b"\x04"]
+        assert txn.scan(0, b"\x03", None, 0) == []
+        assert txn.scan(0, b"\x0a") == []
+        assert txn.first(0, b"\x05") == (b"\x06", b"v6")
+        assert txn.first(0, b"\x05", b"\x06") is None
+        assert txn.first(0, b"\x0a") is None
+    with kv.write() as txn:
+        taken = txn.take(0, b"\x02", b"\x07", 3)
+        assert taken == [(b"\x02", b"v2"), (b"\x03", b"v3"), (b"\x04", b"v4")]
+        assert txn.take(0, b"\x06", None, 10) == [
+            (b"\x06", b"v6"),
+            (b"\x07", b"v7"),
+            (b"\x08", b"v8"),
+            (b"\x09", b"v9"),
+        ]
+        assert txn.take(0, b"\x06", None, 10) == []
+    with kv.read() as txn:
+        assert txn.scan(0, b"\x00") == [(b"\x01", b"v1")]
+
+
+def test_failed_write_leaves_nothing(kv: KvEnv) -> None:
+    with kv.write() as txn:
+        txn.put(0, b"keep", b"1")
+
+    def write_then_fail() -> None:
+        with kv.write() as txn:
+            txn.put(0, b"keep", b"changed")
+            txn.put(0, b"new", b"2")
+            txn.delete(0, b"keep")
+            txn.put(1, b"x", b"3")
+            raise RuntimeError("abort")
+
+    with pytest.raises(RuntimeError):
+        write_then_fail()
+    with kv.read() as reader:
+        assert reader.scan(0, b"\x00") == [(b"keep", b"1")]
+        assert reader.count(1) == 0
+
+
+def test_append_out_of_order_is_an_error(kv: KvEnv) -> None:
+    with kv.write() as txn:
+        txn.put(0, b"m", b"1")
+    with pytest.raises(StoreError), kv.write() as txn:
+        txn.put_many(0, [(b"a", b"2")], append=True)
+    with kv.read() as txn:
+        assert txn.scan(0, b"\x00") == [(b"m", b"1")]
+
+
+def test_empty_key_is_refused(kv: KvEnv) -> None:
+    with pytest.raises(StoreError), kv.write() as txn:
+        txn.put(0, b"", b"1")
