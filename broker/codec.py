@@ -68,6 +68,11 @@ _msgpack_raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _msgpack_any = msgspec.msgpack.Decoder()
 _json_encoder = msgspec.json.Encoder()
 
+_FRIENDLY_PATTERNS = {
+    "ufffe": "an identifier must be non-empty text without control characters and without "
+    "leading or trailing white space",
+    "d{4,}": "expected an xs:dateTime such as 2016-03-15T08:00:00 or 2016-03-15T08:00:00.5+01:00",
+}
 _MSG_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
 
 
@@ -90,6 +95,8 @@ def validation_error(exc: msgspec.DecodeError, *, prefix: str = "$") -> BrokerEr
     path = m.group("path") if m and m.group("path") else "$"
     if prefix != "$":
         path = prefix + path[1:]
+    if "matching regex" in msg:  # name the rule, not the regex (msgspec quotes it escaped)
+        msg = next((text for marker, text in _FRIENDLY_PATTERNS.items() if marker in msg), msg)
     code = (
         "unknown_field" if msg.startswith("Object contains unknown field") else "invalid_envelope"
     )
@@ -121,17 +128,28 @@ _json_loose = msgspec.json.Decoder(_Loose)
 
 def _decode_json(data: bytes | memoryview, prefix: str) -> Haendelsesbesked:
     try:
-        return _json_envelope.decode(data)
+        return _check_xml_items(_json_envelope.decode(data), prefix)
     except msgspec.ValidationError as exc:
         besked = _decode_shorthand(data)
         if besked is None:
             raise validation_error(exc, prefix=prefix) from None
         try:
-            return _json_envelope.decode(besked)
+            return _check_xml_items(_json_envelope.decode(besked), prefix)
         except msgspec.DecodeError as exc2:
             raise validation_error(exc2, prefix=prefix) from None
     except msgspec.DecodeError as exc:
         raise validation_error(exc, prefix=prefix) from None
+
+
+def _check_xml_items(besked: Haendelsesbesked, prefix: str) -> Haendelsesbesked:
+    """Refuse ``xml`` content items that are not one well-formed element (hardened parse), so
+    every accepted envelope can also be delivered as XML. JSON and base64 items are not parsed."""
+    for i, item in enumerate(besked.Beskeddata):
+        if item.xml is not msgspec.UNSET:
+            from broker.xmlcodec import check_xml_item
+
+            check_xml_item(item.xml, path=f"{prefix}.Beskeddata[{i}].xml")
+    return besked
 
 
 def _decode_shorthand(data: bytes | memoryview) -> bytes | None:

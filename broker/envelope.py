@@ -54,7 +54,14 @@ __all__ = [
 MAX_ID_LENGTH = 1024
 _DATETIME = r"^-?\d{4,}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?$"
 
-IdText = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+#: Identifier text: no control characters or code points XML cannot carry, and no leading or
+#: trailing white space (an XML round trip would trim it), so every accepted id can be delivered
+#: as XML as well as JSON.
+_ID_PATTERN = (
+    r"^[^\x00-\x20\ufffe\uffff]"
+    r"(?:[^\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]*[^\x00-\x20\ufffe\uffff])?$"
+)
+IdText = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=_ID_PATTERN)]
 DateTimeText = Annotated[str, Meta(pattern=_DATETIME)]
 
 
@@ -62,7 +69,11 @@ class _Model(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=Tru
     """Project-wide defaults for the envelope: absent optional elements are omitted."""
 
 
-class UnikId(_Model, frozen=True):
+class _Value(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Base of the small immutable value types (ids, times, content items)."""
+
+
+class UnikId(_Value, frozen=True):
     """``sd:UnikIdType``: a choice of UUIDIdentifikator or URNIdentifikator (plain strings)."""
 
     UUIDIdentifikator: IdText | None = None
@@ -82,7 +93,7 @@ class UnikId(_Model, frozen=True):
 UnikIdIn = UnikId
 
 
-class Tidspunkt(_Model, frozen=True):
+class Tidspunkt(_Value, frozen=True):
     """``sd:TidspunktType``: a dateTime (zone optional) or a boundary indicator."""
 
     TidsstempelDatoTid: DateTimeText | None = None
@@ -171,7 +182,7 @@ class Beskedkuvert(_Model):
     GyldighedTil: TidspunktIn | None = None
 
 
-class BeskeddataItem(_Model, frozen=True):
+class BeskeddataItem(_Value, frozen=True):
     """One opaque content item; exactly one of ``json``, ``xml``, ``base64`` is present."""
 
     json: Raw | UnsetType = UNSET

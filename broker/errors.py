@@ -60,6 +60,24 @@ ERROR_STATUS: dict[str, int] = {
     "shutting_down": 503,
     "store_error": 500,
     "internal": 500,
+    # catalog and access control (catalog/, docs/catalog.md)
+    "unknown_message_type": 422,
+    "inactive_message_type": 422,
+    "unknown_object_action": 422,
+    "unknown_sensitivity": 422,
+    "invalid_authority": 422,
+    "unknown_authority": 422,
+    "missing_authority": 403,
+    "wildcard_authority": 403,
+    "no_send_agreement": 403,
+    "agreement_not_approved": 403,
+    "authority_not_covered": 403,
+    "sensitivity_not_covered": 403,
+    "kle_not_covered": 403,
+    "not_agreement_authority": 403,
+    "agreement_state": 409,
+    "value_list_conflict": 409,
+    "value_list_state": 409,
 }
 
 

@@ -41,7 +41,9 @@ class Api:
         self.http = http
         self.headers = {"Authorization": f"Bearer {token}"}
 
-    async def call(self, method: str, path: str, *, expect: int | None = None, **kw: Any) -> httpx.Response:
+    async def call(
+        self, method: str, path: str, *, expect: int | None = None, **kw: Any
+    ) -> httpx.Response:
         headers = {**self.headers, **kw.pop("headers", {})}
         resp = await self.http.request(method, path, headers=headers, **kw)
         if expect is not None:
@@ -53,10 +55,17 @@ class Api:
         return Api(self.http, r.json()["token"])
 
     async def mailbox(self, *types: str, strict: bool = False, **options: Any) -> str:
-        r = await self.call("POST", "/v1/mailboxes", json={"name": "mb", "strict": strict, **options}, expect=201)
+        r = await self.call(
+            "POST", "/v1/mailboxes", json={"name": "mb", "strict": strict, **options}, expect=201
+        )
         mb: str = r.json()["id"]
         if types:
-            await self.call("POST", f"/v1/mailboxes/{mb}/subscriptions", json={"message_types": list(types)}, expect=201)
+            await self.call(
+                "POST",
+                f"/v1/mailboxes/{mb}/subscriptions",
+                json={"message_types": list(types)},
+                expect=201,
+            )
         return mb
 
     async def send(self, envelope: dict[str, Any], expect: int = 202) -> dict[str, Any]:
@@ -71,7 +80,9 @@ class Api:
         return (await self.call("GET", f"/v1/mailboxes/{mb}", expect=200)).json()  # type: ignore[no-any-return]
 
 
-def envelope(message_type: str = TYPE1, besked_id: str | None = None, **filtrering: Any) -> dict[str, Any]:
+def envelope(
+    message_type: str = TYPE1, besked_id: str | None = None, **filtrering: Any
+) -> dict[str, Any]:
     """A small valid canonical envelope."""
     import uuid
 
@@ -80,7 +91,9 @@ def envelope(message_type: str = TYPE1, besked_id: str | None = None, **filtreri
         "BeskedVersion": "1.0",
         "Beskedkuvert": {
             "Filtreringsdata": {"Beskedtype": {"UUIDIdentifikator": message_type}, **filtrering},
-            "Leveranceinformation": {"Dannelsestidspunkt": {"TidsstempelDatoTid": "2026-11-27T08:00:00Z"}},
+            "Leveranceinformation": {
+                "Dannelsestidspunkt": {"TidsstempelDatoTid": "2026-11-27T08:00:00Z"}
+            },
         },
         "Beskeddata": [{"json": {"hello": "world", "n": 1}}],
     }

@@ -154,7 +154,9 @@ async def test_submit_after_stop_is_refused() -> None:
     assert exc.value.code == "shutting_down"
 
 
-async def test_notifier_wakes_waiter_and_never_loses_a_wakeup(autojump_clock: trio.abc.Clock) -> None:
+async def test_notifier_wakes_waiter_and_never_loses_a_wakeup(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     notifier = Notifier()
     since = notifier.generation("mb")
     notifier.notify(["mb"])  # lands between "lease found nothing" and "wait"
@@ -163,7 +165,9 @@ async def test_notifier_wakes_waiter_and_never_loses_a_wakeup(autojump_clock: tr
     woke: list[bool] = []
 
     async def wait() -> None:
-        woke.append(await notifier.wait_ready("mb", notifier.generation("mb"), trio.current_time() + 60))
+        woke.append(
+            await notifier.wait_ready("mb", notifier.generation("mb"), trio.current_time() + 60)
+        )
 
     async with trio.open_nursery() as n:
         n.start_soon(wait)

@@ -36,7 +36,9 @@ async def test_send_poll_ack_roundtrip(admin: Api) -> None:
 
     st = await sys.stats(mb)
     assert (st["ready"], st["in_flight"]) == (0, 1)
-    r = await sys.call("POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d["delivery_id"]]}, expect=200)
+    r = await sys.call(
+        "POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d["delivery_id"]]}, expect=200
+    )
     assert r.json()["acked"] == 1
     st = await sys.stats(mb)
     assert (st["ready"], st["in_flight"], st["copy"]) == (0, 0, 1)
@@ -47,8 +49,16 @@ async def test_content_is_returned_byte_for_byte(admin: Api) -> None:
     mb = await sys.mailbox(TYPE1)
     raw_json = b'{"b": [1,   2.50, "\\u00e6"], "a": {"nested": null}}'
     env = envelope(TYPE1)
-    body = json.dumps({**env, "Beskeddata": ["PLACEHOLDER"]}).replace('"PLACEHOLDER"', '{"json": ' + raw_json.decode() + "}")
-    await sys.call("POST", "/v1/messages", content=body, headers={"Content-Type": "application/json"}, expect=202)
+    body = json.dumps({**env, "Beskeddata": ["PLACEHOLDER"]}).replace(
+        '"PLACEHOLDER"', '{"json": ' + raw_json.decode() + "}"
+    )
+    await sys.call(
+        "POST",
+        "/v1/messages",
+        content=body,
+        headers={"Content-Type": "application/json"},
+        expect=202,
+    )
     r = await sys.call("GET", f"/v1/mailboxes/{mb}/messages", expect=200)
     assert raw_json in r.content  # the exact bytes, whitespace and escapes included
 
@@ -59,7 +69,10 @@ async def test_fan_out_and_isolation_between_systems(admin: Api) -> None:
     mb_b = await b.mailbox(TYPE2)
     assert (await a.send(envelope(TYPE1)))["mailboxes"] == 2
     assert (await a.send(envelope(TYPE2)))["mailboxes"] == 2
-    assert [d["envelope"]["Beskedkuvert"]["Filtreringsdata"]["Beskedtype"]["UUIDIdentifikator"] for d in await a.poll(mb_a2, max=10)] == [TYPE1, TYPE2]
+    assert [
+        d["envelope"]["Beskedkuvert"]["Filtreringsdata"]["Beskedtype"]["UUIDIdentifikator"]
+        for d in await a.poll(mb_a2, max=10)
+    ] == [TYPE1, TYPE2]
     assert len(await a.poll(mb_a1, max=10)) == 1
     assert len(await b.poll(mb_b, max=10)) == 1
     # another system's mailbox is indistinguishable from a missing one
@@ -96,7 +109,13 @@ async def test_batch_one_bad_item_fails_only_itself(admin: Api) -> None:
     bad = envelope(TYPE1)
     del bad["BeskedVersion"]
     body = json.dumps([good1, bad, good2])
-    r = await sys.call("POST", "/v1/messages/batch", content=body, headers={"Content-Type": "application/json"}, expect=200)
+    r = await sys.call(
+        "POST",
+        "/v1/messages/batch",
+        content=body,
+        headers={"Content-Type": "application/json"},
+        expect=200,
+    )
     results = r.json()["results"]
     assert results[0]["mailboxes"] == 1 and results[2]["mailboxes"] == 1
     assert results[1]["error"]["code"] == "invalid_envelope"
@@ -109,19 +128,41 @@ async def test_batch_ndjson_and_msgpack(admin: Api) -> None:
     sys = await admin.system()
     mb = await sys.mailbox(TYPE1)
     nd = b"\n".join(json.dumps(envelope(TYPE1)).encode() for _ in range(3)) + b"\n"
-    r = await sys.call("POST", "/v1/messages/batch", content=nd, headers={"Content-Type": "application/x-ndjson"}, expect=200)
+    r = await sys.call(
+        "POST",
+        "/v1/messages/batch",
+        content=nd,
+        headers={"Content-Type": "application/x-ndjson"},
+        expect=200,
+    )
     assert r.json()["accepted"] == 3
     mp = msgspec.msgpack.encode([envelope(TYPE1), envelope(TYPE1)])
-    r = await sys.call("POST", "/v1/messages/batch", content=mp, headers={"Content-Type": "application/msgpack"}, expect=200)
+    r = await sys.call(
+        "POST",
+        "/v1/messages/batch",
+        content=mp,
+        headers={"Content-Type": "application/msgpack"},
+        expect=200,
+    )
     assert r.json()["accepted"] == 2
     single = msgspec.msgpack.encode(envelope(TYPE1))
-    await sys.call("POST", "/v1/messages", content=single, headers={"Content-Type": "application/msgpack"}, expect=202)
+    await sys.call(
+        "POST",
+        "/v1/messages",
+        content=single,
+        headers={"Content-Type": "application/msgpack"},
+        expect=202,
+    )
     deliveries = await sys.poll(mb, max=100)
     assert len(deliveries) == 6
-    assert all(d["envelope"]["Beskeddata"] == [{"json": {"hello": "world", "n": 1}}] for d in deliveries)
+    assert all(
+        d["envelope"]["Beskeddata"] == [{"json": {"hello": "world", "n": 1}}] for d in deliveries
+    )
 
 
-async def test_lease_expiry_redelivers_with_next_attempt(admin: Api, server: ServerInfo, clock: FakeClock) -> None:
+async def test_lease_expiry_redelivers_with_next_attempt(
+    admin: Api, server: ServerInfo, clock: FakeClock
+) -> None:
     sys = await admin.system()
     mb = await sys.mailbox(TYPE1)
     await sys.send(envelope(TYPE1))
@@ -129,20 +170,30 @@ async def test_lease_expiry_redelivers_with_next_attempt(admin: Api, server: Ser
     assert await sys.poll(mb) == []  # leased: not offered again
     clock.advance(6)
     # an ack after expiry is refused with a clear code, even before the sweeper ran
-    r = await sys.call("POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d1["delivery_id"]]}, expect=409)
+    r = await sys.call(
+        "POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d1["delivery_id"]]}, expect=409
+    )
     assert r.json()["error"]["code"] == "lease_expired"
     await server.broker.sweeper.sweep_once()
     (d2,) = await sys.poll(mb, lease=5)
     assert d2["attempt"] == 2 and d2["delivery_id"] != d1["delivery_id"]
-    route = d2["envelope"]["Beskedkuvert"]["Leveranceinformation"]["Leveranceruter"]["Leverancerute"][-1]
+    route = d2["envelope"]["Beskedkuvert"]["Leveranceinformation"]["Leveranceruter"][
+        "Leverancerute"
+    ][-1]
     assert route["LeveranceruteLokalUdvidelse"]["AntalLeveranceforsoeg"] == 2
     # the first lease's id is stale now
-    r = await sys.call("POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d1["delivery_id"]]}, expect=409)
+    r = await sys.call(
+        "POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d1["delivery_id"]]}, expect=409
+    )
     assert r.json()["error"]["code"] == "unknown_delivery"
-    await sys.call("POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d2["delivery_id"]]}, expect=200)
+    await sys.call(
+        "POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d2["delivery_id"]]}, expect=200
+    )
 
 
-async def test_max_deliveries_dead_letters_and_requeue(admin: Api, server: ServerInfo, clock: FakeClock) -> None:
+async def test_max_deliveries_dead_letters_and_requeue(
+    admin: Api, server: ServerInfo, clock: FakeClock
+) -> None:
     sys = await admin.system()
     mb = await sys.mailbox(TYPE1, max_deliveries=2)
     await sys.send(envelope(TYPE1))
@@ -153,7 +204,9 @@ async def test_max_deliveries_dead_letters_and_requeue(admin: Api, server: Serve
         await server.broker.sweeper.sweep_once()
     st = await sys.stats(mb)
     assert (st["ready"], st["in_flight"], st["dead"]) == (0, 0, 1)
-    dead = (await sys.call("GET", f"/v1/mailboxes/{mb}/dead-letters", expect=200)).json()["dead_letters"]
+    dead = (await sys.call("GET", f"/v1/mailboxes/{mb}/dead-letters", expect=200)).json()[
+        "dead_letters"
+    ]
     assert len(dead) == 1 and dead[0]["reason"] == "max_deliveries"
     r = await sys.call("POST", f"/v1/mailboxes/{mb}/dead-letters/requeue", json={}, expect=200)
     assert r.json()["requeued"] == 1
@@ -167,28 +220,47 @@ async def test_nack_requeue_and_dead_letter(admin: Api) -> None:
     await sys.send(envelope(TYPE1))
     await sys.send(envelope(TYPE1))
     d1, d2 = await sys.poll(mb, max=2)
-    r = await sys.call("POST", f"/v1/mailboxes/{mb}/nack", json={"delivery_ids": [d1["delivery_id"]], "requeue": True}, expect=200)
+    r = await sys.call(
+        "POST",
+        f"/v1/mailboxes/{mb}/nack",
+        json={"delivery_ids": [d1["delivery_id"]], "requeue": True},
+        expect=200,
+    )
     assert r.json()["nacked"] == 1
-    await sys.call("POST", f"/v1/mailboxes/{mb}/nack", json={"delivery_ids": [d2["delivery_id"]], "requeue": False}, expect=200)
+    await sys.call(
+        "POST",
+        f"/v1/mailboxes/{mb}/nack",
+        json={"delivery_ids": [d2["delivery_id"]], "requeue": False},
+        expect=200,
+    )
     (again,) = await sys.poll(mb, max=10)
     assert again["envelope"]["BeskedId"] == d1["envelope"]["BeskedId"] and again["attempt"] == 2
     st = await sys.stats(mb)
     assert (st["in_flight"], st["dead"]) == (1, 1)
 
 
-async def test_order_is_kept_and_redelivery_keeps_position(admin: Api, server: ServerInfo, clock: FakeClock) -> None:
+async def test_order_is_kept_and_redelivery_keeps_position(
+    admin: Api, server: ServerInfo, clock: FakeClock
+) -> None:
     sys = await admin.system()
     mb = await sys.mailbox(TYPE1)
-    ids = [(await sys.send(envelope(TYPE1, besked_id=f"id-{i}")))["transaction_id"] for i in range(5)]
+    ids = [
+        (await sys.send(envelope(TYPE1, besked_id=f"id-{i}")))["transaction_id"] for i in range(5)
+    ]
     first = await sys.poll(mb, max=2, lease=1)
     clock.advance(2)
     await server.broker.sweeper.sweep_once()
-    order = [d["envelope"]["Beskedkuvert"]["Leveranceinformation"]["TransaktionsId"]["UUIDIdentifikator"] for d in await sys.poll(mb, max=10)]
+    order = [
+        d["envelope"]["Beskedkuvert"]["Leveranceinformation"]["TransaktionsId"]["UUIDIdentifikator"]
+        for d in await sys.poll(mb, max=10)
+    ]
     assert order == ids
     assert len(first) == 2
 
 
-async def test_strict_mailbox_is_head_of_line_fifo(admin: Api, server: ServerInfo, clock: FakeClock) -> None:
+async def test_strict_mailbox_is_head_of_line_fifo(
+    admin: Api, server: ServerInfo, clock: FakeClock
+) -> None:
     sys = await admin.system()
     mb = await sys.mailbox(TYPE1, strict=True)
     for i in range(3):
@@ -200,7 +272,9 @@ async def test_strict_mailbox_is_head_of_line_fifo(admin: Api, server: ServerInf
     await server.broker.sweeper.sweep_once()
     (again,) = await sys.poll(mb, max=1)
     assert again["envelope"]["BeskedId"]["UUIDIdentifikator"] == "s-0" and again["attempt"] == 2
-    await sys.call("POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [again["delivery_id"]]}, expect=200)
+    await sys.call(
+        "POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [again["delivery_id"]]}, expect=200
+    )
     rest = await sys.poll(mb, max=10)
     assert [d["envelope"]["BeskedId"]["UUIDIdentifikator"] for d in rest] == ["s-1", "s-2"]
 
@@ -234,7 +308,9 @@ async def test_replay_moves_copies_back(admin: Api) -> None:
     mb = await sys.mailbox(TYPE1)
     await sys.send(envelope(TYPE1))
     (d,) = await sys.poll(mb)
-    await sys.call("POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d["delivery_id"]]}, expect=200)
+    await sys.call(
+        "POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d["delivery_id"]]}, expect=200
+    )
     r = await sys.call("POST", f"/v1/mailboxes/{mb}/replay", json={}, expect=200)
     assert r.json()["replayed"] == 1
     (again,) = await sys.poll(mb)
@@ -246,7 +322,9 @@ async def test_copy_retention_purges(admin: Api, server: ServerInfo, clock: Fake
     mb = await sys.mailbox(TYPE1, retention_s=60)
     await sys.send(envelope(TYPE1))
     (d,) = await sys.poll(mb)
-    await sys.call("POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d["delivery_id"]]}, expect=200)
+    await sys.call(
+        "POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d["delivery_id"]]}, expect=200
+    )
     assert (await sys.stats(mb))["copy"] == 1
     clock.advance(61)
     await server.broker.sweeper.sweep_once()
@@ -257,9 +335,15 @@ async def test_copy_retention_purges(admin: Api, server: ServerInfo, clock: Fake
 async def test_delete_mailbox_and_subscription(admin: Api) -> None:
     sys = await admin.system()
     mb = await sys.mailbox()
-    sub = (await sys.call("POST", f"/v1/mailboxes/{mb}/subscriptions", json={"message_types": [TYPE1]}, expect=201)).json()
+    sub = (
+        await sys.call(
+            "POST", f"/v1/mailboxes/{mb}/subscriptions", json={"message_types": [TYPE1]}, expect=201
+        )
+    ).json()
     assert sub["message_types"] == [TYPE1]
-    subs = (await sys.call("GET", f"/v1/mailboxes/{mb}/subscriptions", expect=200)).json()["subscriptions"]
+    subs = (await sys.call("GET", f"/v1/mailboxes/{mb}/subscriptions", expect=200)).json()[
+        "subscriptions"
+    ]
     assert [s["id"] for s in subs] == [sub["id"]]
     await sys.call("DELETE", f"/v1/mailboxes/{mb}/subscriptions/{sub['id']}", expect=204)
     assert (await sys.send(envelope(TYPE1)))["mailboxes"] == 0

@@ -12,23 +12,38 @@ from hypothesis import strategies as st
 
 from broker.codec import JSON, MSGPACK, NDJSON, decode_envelope, media_type, split_batch
 from broker.envelope import Tidspunkt, UnikId
-from broker.errors import InvalidEnvelope, InvalidInput, MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from broker.errors import (
+    InvalidEnvelope,
+    InvalidInput,
+    MalformedBody,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from tests.conftest import TYPE1, envelope
 
 ids = st.one_of(
     st.uuids().map(str),
     st.uuids().map(lambda u: str(u).upper()),
-    st.text(min_size=1, max_size=40).filter(lambda s: not s.lower().startswith("urn:")),
+    st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40).filter(
+        lambda s: s == s.strip() and "\ufffe" not in s and "\uffff" not in s and not s.lower().startswith("urn:")
+    ),
     st.from_regex(r"urn:oio:(cpr|cvr-nr|kle):[0-9.]{1,12}", fullmatch=True),
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
 
-@given(besked_id=ids, ansvarlig=ids, modtagere=st.lists(ids, max_size=3), content=st.lists(json_values, max_size=3))
+@given(
+    besked_id=ids,
+    ansvarlig=ids,
+    modtagere=st.lists(ids, max_size=3),
+    content=st.lists(json_values, max_size=3),
+)
 def test_shorthand_ids_normalise_and_canonical_json_is_stable(
     besked_id: str, ansvarlig: str, modtagere: list[str], content: list[Any]
 ) -> None:
@@ -54,7 +69,9 @@ def test_msgpack_decodes_to_the_same_envelope_as_json(content: list[Any], data: 
     env["Beskeddata"] = [{"json": c} for c in content]
     from_json = decode_envelope(json.dumps(env).encode(), JSON)
     from_msgpack = decode_envelope(msgspec.msgpack.encode(env), MSGPACK)
-    assert json.loads(msgspec.json.encode(from_json)) == json.loads(msgspec.json.encode(from_msgpack))
+    assert json.loads(msgspec.json.encode(from_json)) == json.loads(
+        msgspec.json.encode(from_msgpack)
+    )
     env["Beskeddata"] = [{"base64": data, "content_type": "application/pdf"}]
     (item,) = decode_envelope(msgspec.msgpack.encode(env), MSGPACK).Beskeddata
     assert item.base64 == data
@@ -64,11 +81,16 @@ def test_timestamp_branches_and_shorthand() -> None:
     env = envelope(TYPE1)
     env["Beskedkuvert"]["GyldighedFra"] = "2016-03-15T08:00:10"  # no zone, shorthand
     env["Beskedkuvert"]["GyldighedTil"] = {"GraenseIndikator": True}
-    env["Beskedkuvert"]["Leveranceinformation"]["Dannelsestidspunkt"] = "2016-03-15T08:00:00.123+01:00"
+    env["Beskedkuvert"]["Leveranceinformation"]["Dannelsestidspunkt"] = (
+        "2016-03-15T08:00:00.123+01:00"
+    )
     b = decode_envelope(json.dumps(env).encode(), JSON)
     assert b.Beskedkuvert.GyldighedFra == Tidspunkt(TidsstempelDatoTid="2016-03-15T08:00:10")
     assert b.Beskedkuvert.GyldighedTil == Tidspunkt(GraenseIndikator=True)
-    env["Beskedkuvert"]["GyldighedTil"] = {"GraenseIndikator": True, "TidsstempelDatoTid": "2016-03-15T08:00:10"}
+    env["Beskedkuvert"]["GyldighedTil"] = {
+        "GraenseIndikator": True,
+        "TidsstempelDatoTid": "2016-03-15T08:00:10",
+    }
     with pytest.raises(InvalidEnvelope) as exc:
         decode_envelope(json.dumps(env).encode(), JSON)
     assert exc.value.path == "$.Beskedkuvert.GyldighedTil"
@@ -101,7 +123,9 @@ def test_split_batch_forms() -> None:
     assert [json.loads(i) for i in split_batch(json.dumps(items).encode(), JSON)] == items
     nd = b"\n\n".join(json.dumps(i).encode() for i in items) + b"\n"
     assert [json.loads(i) for i in split_batch(nd, NDJSON)] == items
-    assert [msgspec.msgpack.decode(i) for i in split_batch(msgspec.msgpack.encode(items), MSGPACK)] == items
+    assert [
+        msgspec.msgpack.decode(i) for i in split_batch(msgspec.msgpack.encode(items), MSGPACK)
+    ] == items
     with pytest.raises(InvalidInput):
         split_batch(json.dumps(items[0]).encode(), JSON)  # an object, not an array
     with pytest.raises(MalformedBody):
@@ -122,3 +146,23 @@ def test_new_uuid_is_a_random_version_4_uuid() -> None:
         assert (u.version, u.variant, str(u)) == (4, uuid.RFC_4122, text)
         seen.add(text)
     assert len(seen) == 2000
+
+
+@pytest.mark.parametrize("bad", [" padded", "padded ", "ctl\x01", "", "x" * 1025])
+def test_ids_xml_cannot_carry_are_refused_with_a_readable_rule(bad: str) -> None:
+    env = envelope(TYPE1)
+    env["BeskedId"] = {"UUIDIdentifikator": bad}
+    with pytest.raises(InvalidEnvelope) as exc:
+        decode_envelope(json.dumps(env).encode(), JSON)
+    assert exc.value.path == "$.BeskedId.UUIDIdentifikator"
+    assert "regex" not in exc.value.message
+
+
+def test_xml_content_items_must_be_one_well_formed_element() -> None:
+    env = envelope(TYPE1)
+    env["Beskeddata"] = [{"json": 1}, {"xml": "<a><b></a>"}]
+    with pytest.raises(InvalidEnvelope) as exc:
+        decode_envelope(json.dumps(env).encode(), JSON)
+    assert exc.value.path == "$.Beskeddata[1].xml"
+    env["Beskeddata"] = [{"xml": '<x:a xmlns:x="urn:x">t</x:a>'}]
+    assert decode_envelope(json.dumps(env).encode(), JSON).Beskeddata[0].xml == '<x:a xmlns:x="urn:x">t</x:a>'

@@ -15,7 +15,9 @@ def _besked(message_type: str):  # type: ignore[no-untyped-def]
 
 
 def _sub(sid: str, mailbox: str, *types: str, active: bool = True) -> SubscriptionRecord:
-    return SubscriptionRecord(id=sid, mailbox_id=mailbox, owner="o", message_types=types, active=active)
+    return SubscriptionRecord(
+        id=sid, mailbox_id=mailbox, owner="o", message_types=types, active=active
+    )
 
 
 def test_routes_by_message_type_each_mailbox_once() -> None:
@@ -35,11 +37,15 @@ def test_routes_by_message_type_each_mailbox_once() -> None:
 def test_message_type_matches_case_insensitively() -> None:
     table = RoutingTable([_sub("s1", "mb1", TYPE1.upper())])
     assert table.route(_besked(TYPE1)) == (Route("mb1", "s1"),)
-    assert RoutingTable([_sub("s1", "mb1", TYPE1)]).route(_besked(TYPE1.upper())) == (Route("mb1", "s1"),)
+    assert RoutingTable([_sub("s1", "mb1", TYPE1)]).route(_besked(TYPE1.upper())) == (
+        Route("mb1", "s1"),
+    )
 
 
 def test_remove_subscription_and_mailbox() -> None:
-    table = RoutingTable([_sub("s1", "mb1", TYPE1), _sub("s2", "mb2", TYPE1), _sub("s3", "mb2", TYPE2)])
+    table = RoutingTable(
+        [_sub("s1", "mb1", TYPE1), _sub("s2", "mb2", TYPE1), _sub("s3", "mb2", TYPE2)]
+    )
     table.remove("s1")
     assert table.route(_besked(TYPE1)) == (Route("mb2", "s2"),)
     table.remove_mailbox("mb2")
@@ -49,7 +55,9 @@ def test_remove_subscription_and_mailbox() -> None:
 
 
 def test_expression_subscriptions_need_a_matcher() -> None:
-    sub = SubscriptionRecord(id="s1", mailbox_id="mb1", owner="o", message_types=(TYPE1,), expression="x = 'y'")
+    sub = SubscriptionRecord(
+        id="s1", mailbox_id="mb1", owner="o", message_types=(TYPE1,), expression="x = 'y'"
+    )
     assert RoutingTable([sub]).route(_besked(TYPE1)) == ()
     seen = []
 
