@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-sync", action="store_true", help="do not fsync commits (unsafe; for experiments only)"
     )
     s.add_argument(
+        "--no-access-control",
+        action="store_true",
+        help="accept any message type from any system, no agreements needed (local experiments only)",
+    )
+    s.add_argument(
         "--dedup-window",
         type=int,
         default=24 * 3600,
@@ -175,6 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
         sync=not args.no_sync,
         demo=args.demo,
         dedup_window_s=args.dedup_window,
+        access_control=not args.no_access_control,
     )
 
     async def run() -> None:

@@ -35,6 +35,10 @@ class BrokerConfig(Struct, kw_only=True):
     max_lease_s: float = 12 * 3600.0
     graceful_timeout_s: float = 5.0
     demo: bool = False
+    #: enforce the catalog and service agreements (off only for local experiments/benchmarks)
+    access_control: bool = True
+    #: write an audit event for every send, lease, ack, agreement and value-list change
+    audit: bool = True
 
 
 def _write_private(path: Path, text: str) -> None:

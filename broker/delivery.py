@@ -1,5 +1,8 @@
 """Turning a stored delivery into what a receiver gets: the envelope plus its Leverancerute.
 
+The receiver's copy also gets the ``TilladtModtager`` list decided for it at distribution
+(``*`` expanded, authorities it has no agreement with removed), as KOMBIT does.
+
 The stored body is the canonical envelope as accepted. Per delivery KOMBIT appends a
 Leverancerute (which distributor, when received, when delivered, from which system, under which
 subscription, which attempt). The content (``Beskeddata``) is spliced back as the raw bytes it
@@ -51,6 +54,10 @@ def iso_ms(ms: int) -> str:
 def with_route(delivery: Delivery, *, instance_id: str, now_ms: int) -> StoredBesked:
     """The stored envelope of a delivery with this delivery's Leverancerute appended."""
     besked = _stored.decode(delivery.body)
+    if delivery.tilladt_modtager is not None:  # rewritten for this receiver at distribution
+        besked.Beskedkuvert.Filtreringsdata.TilladtModtager = [
+            UnikId(URNIdentifikator=cvr) for cvr in delivery.tilladt_modtager
+        ]
     li: Leveranceinformation = besked.Beskedkuvert.Leveranceinformation
     route = Leverancerute(
         Fordelingssystem=UnikId(UUIDIdentifikator=instance_id),

@@ -1,6 +1,11 @@
 """A demo setup for a fresh data dir: one system with one mailbox subscribed to KOMBIT's
 public test message types, so a newcomer can send a KOMBIT sample and see it arrive.
 
+With access control on, the demo system also holds a ``send`` and a ``receive`` service
+agreement for those types, approved by the authorities KOMBIT's samples name as data owners
+(Aarhus 55133018, Horsens 29189889, and KOMBIT's test CVRs 12345678 and 99999999, registered
+here as demo authorities).
+
 The credentials go to ``<data_dir>/demo.json`` (mode 0600). Created once; later starts reuse it.
 """
 
@@ -14,11 +19,21 @@ from pathlib import Path
 from broker.errors import BrokerError
 from broker.service import hash_token, new_token
 from broker.writer import wall_ms
-from store.base import CreateMailbox, CreateSubscription, CreateSystem, Store
+from broker.registry import AGREEMENT, AUTHORITY, Registry
+from catalog.agreements import Agreement, Decision
+from catalog.authorities import Authority
+from store.base import CreateMailbox, CreateSubscription, CreateSystem, Op, Store
 
 __all__ = ["DEMO_FILE", "DEMO_MESSAGE_TYPES", "ensure_demo"]
 
 DEMO_FILE = "demo.json"
+#: Data owners named by KOMBIT's samples; the two test CVRs are not municipalities.
+DEMO_AUTHORITIES = {
+    "55133018": "Aarhus Kommune",
+    "29189889": "Horsens Kommune",
+    "12345678": "KOMBIT testmyndighed 12345678 (demo)",
+    "99999999": "KOMBIT testmyndighed 99999999 (demo)",
+}
 
 #: KOMBIT's test types (used by its sample messages) and the public ones (beskedfordeler.md §2).
 DEMO_MESSAGE_TYPES = (
@@ -41,14 +56,31 @@ def ensure_demo(store: Store, data_dir: str | Path) -> dict[str, str]:
             return data
     token = new_token("sys")
     system_id, mailbox_id, sub_id = (str(uuid.uuid4()) for _ in range(3))
-    outcome = store.apply(
-        [
-            CreateSystem(id=system_id, name="demo", token_hash=hash_token(token)),
-            CreateMailbox(id=mailbox_id, owner=system_id, name="demo-inbox"),
-            CreateSubscription(id=sub_id, mailbox_id=mailbox_id, message_types=DEMO_MESSAGE_TYPES),
-        ],
-        wall_ms(),
-    )
+    now = wall_ms()
+    ops: list[Op] = [CreateSystem(id=system_id, name="demo", token_hash=hash_token(token))]
+    registry = Registry.load(store)
+    for cvr, name in DEMO_AUTHORITIES.items():
+        if cvr not in registry.authorities:
+            ops.append(Registry.doc(AUTHORITY, cvr, Authority(cvr=cvr, name=name, created_ms=now)))
+    for kind in ("send", "receive"):
+        approved = Decision(status="approved", reason="demo", decided_ms=now)
+        agreement = Agreement(
+            id=str(uuid.uuid4()),
+            system_id=system_id,
+            kind=kind,  # type: ignore[arg-type]
+            authorities=tuple(sorted(DEMO_AUTHORITIES)),
+            message_types=tuple(sorted(DEMO_MESSAGE_TYPES)),
+            decisions={cvr: approved for cvr in DEMO_AUTHORITIES},
+            created_ms=now,
+            name=f"demo {kind}",
+            purpose="dueslag demo set-up",
+        )
+        ops.append(Registry.doc(AGREEMENT, agreement.id, agreement))
+    ops += [
+        CreateMailbox(id=mailbox_id, owner=system_id, name="demo-inbox"),
+        CreateSubscription(id=sub_id, mailbox_id=mailbox_id, message_types=DEMO_MESSAGE_TYPES),
+    ]
+    outcome = store.apply(ops, now)
     for result in outcome.results:
         if isinstance(result, BrokerError):
             raise result

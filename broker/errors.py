@@ -76,6 +76,7 @@ ERROR_STATUS: dict[str, int] = {
     "kle_not_covered": 403,
     "not_agreement_authority": 403,
     "agreement_state": 409,
+    "no_receive_agreement": 403,
     "value_list_conflict": 409,
     "value_list_state": 409,
 }

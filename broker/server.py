@@ -57,6 +57,20 @@ def _prepare(config: BrokerConfig) -> tuple[str, bool, str, Store]:
     return token, token_new, instance_id, store
 
 
+def _seed(broker: Broker, config: BrokerConfig) -> None:
+    """Before the actors start (so writing directly is safe): the bundled catalog and
+    municipalities on a fresh store, and the demo set-up when asked for."""
+    ops = broker.registry.seed_ops()
+    if ops:
+        broker.store.apply(ops, wall_ms())
+    if config.demo:
+        from broker.demo import ensure_demo
+
+        ensure_demo(broker.store, config.data_dir)
+    if ops or config.demo:
+        broker.reload()
+
+
 async def serve(
     config: BrokerConfig,
     *,
@@ -71,11 +85,7 @@ async def serve(
     token, token_new, instance_id, store = await trio.to_thread.run_sync(_prepare, config)
     try:
         broker = Broker(store, config, admin_token=token, instance_id=instance_id, clock=clock)
-        if config.demo:
-            from broker.demo import ensure_demo
-
-            await trio.to_thread.run_sync(ensure_demo, store, config.data_dir)
-            broker.reload()
+        await trio.to_thread.run_sync(_seed, broker, config)
         hc = HyperConfig()
         hc.bind = [config.bind]
         hc.graceful_timeout = config.graceful_timeout_s

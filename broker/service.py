@@ -18,12 +18,15 @@ import hmac
 import os
 import uuid
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import msgspec
 import trio
 
 from broker.config import BrokerConfig
+from broker.filters import Expression, compile_expression
+from broker.governance import Governance
+from broker.registry import Registry
 from broker.delivery import render_delivery
 from broker.envelope import Haendelsesbesked, UnikId, uid_key
 from broker.errors import BrokerError, Forbidden, InvalidInput, NotFound, Unauthorized
@@ -32,6 +35,10 @@ from broker.notifier import Notifier
 from broker.routing import RoutingTable
 from broker.sweeper import Sweeper
 from broker.writer import Writer, wall_ms
+from catalog.access import check_send
+from catalog.audit import AuditEvent
+from catalog.authorities import Authority
+from catalog.facts import EnvelopeFacts, extract_facts
 from store.base import (
     MAX_RETENTION_S,
     Ack,
@@ -46,9 +53,12 @@ from store.base import (
     MailboxRecord,
     MailboxStats,
     Nack,
+    Op,
     OpResult,
+    AppendAudit,
     Publish,
     PublishResult,
+    Route,
     Replay,
     RequeueDead,
     Store,
@@ -59,7 +69,7 @@ from store.base import (
 __all__ = ["ADMIN", "Broker", "Principal", "hash_token"]
 
 ADMIN = "admin"
-Principal = SystemRecord | str  # a system, or ADMIN
+Principal = SystemRecord | Authority | str  # a system, an authority (municipality), or ADMIN
 
 _encoder = msgspec.json.Encoder()
 
@@ -103,7 +113,11 @@ class Broker:
             clock=self.clock,
         )
         self.sweeper = Sweeper(self.writer, metrics=self.metrics, interval=config.sweep_interval_s)
-        self.routing = RoutingTable(store.list_subscriptions())
+        self._compiled: dict[str, Expression] = {}
+        self.routing = RoutingTable(store.list_subscriptions(), matcher=self._match)
+        self.registry = Registry.load(store)
+        self.governance = Governance(self.registry, self.writer, store, clock)
+        self._owners: dict[str, str] = {}  # mailbox id -> owning system, for receive decisions
         self._admin_hash = hash_token(admin_token)
         self._systems: dict[bytes, SystemRecord] = {}
         self._mailboxes: dict[str, MailboxRecord] = {}
@@ -111,7 +125,9 @@ class Broker:
 
     def reload(self) -> None:
         """Rebuild the routing table and drop caches after the store was changed directly."""
-        self.routing = RoutingTable(self.store.list_subscriptions())
+        self.routing = RoutingTable(self.store.list_subscriptions(), matcher=self._match)
+        self.registry = Registry.load(self.store)
+        self.governance = Governance(self.registry, self.writer, self.store, self.clock)
         self._systems.clear()
         self._mailboxes.clear()
 
@@ -146,6 +162,9 @@ class Broker:
         if system is None:
             system = self.store.get_system_by_token_hash(digest)
             if system is None:
+                authority = self.registry.authority_by_token_hash(digest)
+                if authority is not None:
+                    return authority
                 raise Unauthorized("unknown token")
             self._systems[digest] = system
         return system
@@ -154,6 +173,14 @@ class Broker:
     def require_admin(principal: Principal) -> None:
         if principal != ADMIN:
             raise Forbidden("this endpoint needs the admin token")
+
+    @staticmethod
+    def require_authority(principal: Principal) -> Authority:
+        if not isinstance(principal, Authority):
+            raise Forbidden(
+                "this endpoint needs an authority token (POST /v1/authorities issues one)"
+            )
+        return principal
 
     @staticmethod
     def require_system(principal: Principal) -> SystemRecord:
@@ -223,10 +250,9 @@ class Broker:
     ) -> SubscriptionRecord:
         mb = self.mailbox_of(owner, mailbox_id)
         if expression is not None:
-            raise InvalidInput(
-                "subscription expressions are not supported yet; subscribe by message_types",
-                path="$.expression",
-            )
+            compile_expression(expression)  # refuse a bad expression before anything is stored
+        if self.config.access_control:
+            self.governance.require_receivable(owner.id, message_types)
         op = CreateSubscription(
             id=str(uuid.uuid4()),
             mailbox_id=mb.id,
@@ -251,7 +277,16 @@ class Broker:
     def prepare(
         self, sender: SystemRecord, besked: Haendelsesbesked, now_ms: int, ip: str | None
     ) -> Publish:
-        """Enrich an accepted envelope as KOMBIT does and route it. Pure, no I/O."""
+        """Authorize, enrich (as KOMBIT does) and route one accepted envelope. Pure, no I/O.
+
+        Error handling:
+            Raises the refusal (422 catalog / 403 agreement codes) when access control is on
+            and the catalog or the sender's agreements do not allow the send.
+        """
+        facts = None
+        if self.config.access_control:
+            facts = extract_facts(besked)
+            check_send(facts, self.registry.agreements_of(sender.id), self.registry.catalog, now_ms)
         tid = new_uuid()
         li = besked.Beskedkuvert.Leveranceinformation
         li.TransaktionsId = UnikId(UUIDIdentifikator=tid)
@@ -263,10 +298,48 @@ class Broker:
             dedup_key=f"{sender.id}\0{uid_key(besked.BeskedId)}".encode(),
             transaction_id=tid,
             body=_encoder.encode(besked),
-            routes=self.routing.route(besked),
+            routes=self._routes(besked, facts, now_ms),
             received_ms=now_ms,
             dedup_window_ms=self.config.dedup_window_s * 1000,
         )
+
+    def _routes(
+        self, besked: Haendelsesbesked, facts: EnvelopeFacts | None, now_ms: int
+    ) -> tuple[Route, ...]:
+        """Matching subscriptions, kept only where the receiver's agreements admit the envelope,
+        each with the TilladtModtager rewritten for that receiver."""
+        routes = self.routing.route(besked)
+        if facts is None or not routes:
+            return routes
+        decisions: dict[str, Any] = {}
+        out = []
+        for route in routes:
+            owner = self._owner(route.mailbox_id)
+            decision = decisions.get(owner)
+            if decision is None:
+                decision = decisions[owner] = self.registry.receive.decide(owner, facts, now_ms)
+            if decision.admitted:
+                out.append(
+                    Route(route.mailbox_id, route.subscription_id, decision.tilladt_modtager)
+                )
+        return tuple(out)
+
+    def _match(self, sub: SubscriptionRecord, besked: Haendelsesbesked) -> bool:
+        """Evaluate a subscription's expression (compiled once) against current value lists."""
+        assert sub.expression is not None
+        expr = self._compiled.get(sub.expression)
+        if expr is None:
+            if len(self._compiled) > 100_000:  # bounded: expressions are few in practice
+                self._compiled.clear()
+            expr = self._compiled[sub.expression] = compile_expression(sub.expression)
+        return expr.evaluate(besked, self.registry.value_lists, sub.owner)
+
+    def _owner(self, mailbox_id: str) -> str:
+        owner = self._owners.get(mailbox_id)
+        if owner is None:
+            mb = self._mailboxes.get(mailbox_id) or self.store.get_mailbox(mailbox_id)
+            owner = self._owners[mailbox_id] = mb.owner if mb is not None else ""
+        return owner
 
     async def publish(
         self,
@@ -274,16 +347,25 @@ class Broker:
         items: Sequence[Haendelsesbesked | BrokerError],
         ip: str | None = None,
     ) -> list[PublishResult | BrokerError]:
-        """Store every valid envelope in one group commit; errors pass through in place."""
+        """Store every valid, authorized envelope in one group commit, with its audit events in
+        the same commit; refusals pass through in place."""
         now = self.clock()
-        ops: list[Publish] = []
+        prepared: list[Publish | BrokerError] = []
         for item in items:
-            if not isinstance(item, BrokerError):
-                ops.append(self.prepare(sender, item, now, ip))
+            if isinstance(item, BrokerError):
+                prepared.append(item)
+                continue
+            try:
+                prepared.append(self.prepare(sender, item, now, ip))
+            except BrokerError as err:
+                prepared.append(err)
+        ops: list[Op] = [p for p in prepared if isinstance(p, Publish)]
+        if self.config.audit:
+            ops.append(self.governance.audit_op(self._send_events(sender, items, prepared, now)))
         results = await self.writer.submit(ops) if ops else []
         out: list[PublishResult | BrokerError] = []
         it = iter(results)
-        for item in items:
+        for item in prepared:
             if isinstance(item, BrokerError):
                 self.metrics.rejected.labels(item.code).inc()
                 out.append(item)
@@ -298,6 +380,43 @@ class Broker:
                     self.metrics.routed.inc(res.mailboxes)
             out.append(res)
         return out
+
+    @staticmethod
+    def _send_events(
+        sender: SystemRecord,
+        items: Sequence[Haendelsesbesked | BrokerError],
+        prepared: Sequence[Publish | BrokerError],
+        now: int,
+    ) -> list[AuditEvent]:
+        events = []
+        for item, p in zip(items, prepared, strict=True):
+            besked = item if isinstance(item, Haendelsesbesked) else None
+            mt = None if besked is None else uid_key(besked.Beskedkuvert.Filtreringsdata.Beskedtype)
+            if isinstance(p, Publish):
+                events.append(
+                    AuditEvent(
+                        ts_ms=now,
+                        actor=sender.id,
+                        action="send.accepted",
+                        transaction_id=p.transaction_id,
+                        besked_id=None if besked is None else uid_key(besked.BeskedId),
+                        message_type=mt,
+                        detail={"routes": str(len(p.routes))},
+                    )
+                )
+            else:
+                events.append(
+                    AuditEvent(
+                        ts_ms=now,
+                        actor=sender.id,
+                        action="send.refused",
+                        outcome="refused",
+                        code=p.code,
+                        reason=p.message[:500],
+                        message_type=mt,
+                    )
+                )
+        return events
 
     async def poll(
         self, mb: MailboxRecord, *, max: int, wait_s: float, lease_s: float

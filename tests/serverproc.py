@@ -159,6 +159,8 @@ class ServerProcess:
             f"{HOST}:{port}",
             "--data",
             str(self.data_dir),
+            # these tests and benches exercise the delivery core: no catalog/agreement set-up
+            "--no-access-control",
             *self.extra_args,
         ]
 

@@ -245,6 +245,188 @@ def openapi_document() -> dict[str, Any]:
                 params=mb,
             ),
         },
+        "/v1/catalog/message-types": {
+            "get": _op(
+                "The message catalog (beskedkatalog); public",
+                "200",
+                {"type": "object"},
+                auth=None,
+                errors=(),
+            ),
+            "post": _op(
+                "Add a message type",
+                "201",
+                {"type": "object"},
+                auth="admin",
+                body=_json({"type": "object"}),
+            ),
+        },
+        "/v1/catalog/message-types/{type_id}": {
+            "get": _op(
+                "One message type; public",
+                "200",
+                {"type": "object"},
+                auth=None,
+                params=[_path_param("type_id")],
+                errors=("404",),
+            ),
+        },
+        "/v1/catalog/message-types/{type_id}/active": {
+            "post": _op(
+                "Activate or deactivate a message type",
+                "200",
+                {"type": "object"},
+                auth="admin",
+                params=[_path_param("type_id")],
+                body=_json({"type": "object", "properties": {"active": {"type": "boolean"}}}),
+            ),
+        },
+        "/v1/authorities": {
+            "post": _op(
+                "Register an authority (CVR); returns its token once",
+                "201",
+                {"type": "object"},
+                auth="admin",
+                body=_json({"type": "object", "required": ["cvr", "name"]}),
+            ),
+            "get": _op(
+                "List authorities (the 98 municipalities are bundled)",
+                "200",
+                {"type": "object"},
+                auth="any valid token",
+            ),
+        },
+        "/v1/authorities/{cvr}/token": {
+            "post": _op(
+                "Issue a (new) token for an authority",
+                "200",
+                {"type": "object"},
+                auth="admin",
+                params=[_path_param("cvr")],
+            ),
+        },
+        "/v1/agreements": {
+            "post": _op(
+                "Request a service agreement (send or receive)",
+                "201",
+                {"type": "object"},
+                body=_json({"type": "object"}),
+                errors=("400", "401", "403", "422"),
+            ),
+            "get": _op(
+                "Agreements: a system's own, those naming an authority, or all (admin)",
+                "200",
+                {"type": "object"},
+                auth="system, authority or admin",
+            ),
+        },
+        "/v1/agreements/{agreement_id}": {
+            "get": _op(
+                "One agreement with its derived status",
+                "200",
+                {"type": "object"},
+                auth="system, authority or admin",
+                params=[_path_param("agreement_id")],
+            ),
+        },
+        "/v1/agreements/{agreement_id}/decision": {
+            "post": _op(
+                "An authority approves or rejects",
+                "200",
+                {"type": "object"},
+                auth="authority",
+                params=[_path_param("agreement_id")],
+                body=_json({"type": "object", "required": ["approve"]}),
+                errors=("400", "401", "403", "404", "409"),
+            ),
+        },
+        "/v1/agreements/{agreement_id}/withdraw": {
+            "post": _op(
+                "The requesting system withdraws an agreement",
+                "200",
+                {"type": "object"},
+                params=[_path_param("agreement_id")],
+            ),
+        },
+        "/v1/value-lists": {
+            "post": _op(
+                "Create a value list",
+                "201",
+                {"type": "object"},
+                body=_json({"type": "object", "required": ["name"]}),
+                errors=("400", "401", "403", "409"),
+            ),
+            "get": _op("This system's value lists", "200", {"type": "object"}),
+        },
+        "/v1/value-lists/{list_id}": {
+            "get": _op(
+                "A value list with its values",
+                "200",
+                {"type": "object"},
+                params=[_path_param("list_id")],
+            ),
+            "put": _op(
+                "Import a value list with a given id (or reactivate a passivated one)",
+                "200",
+                {"type": "object"},
+                params=[_path_param("list_id")],
+                body=_json({"type": "object"}),
+                errors=("400", "401", "403", "409"),
+            ),
+            "delete": _op(
+                "Delete a value list (final; content wiped)",
+                "200",
+                {"type": "object"},
+                params=[_path_param("list_id")],
+                errors=("401", "403", "404", "409"),
+            ),
+        },
+        "/v1/value-lists/{list_id}/values": {
+            "post": _op(
+                "Add and remove values",
+                "200",
+                {"type": "object"},
+                params=[_path_param("list_id")],
+                body=_json({"type": "object"}),
+                errors=("400", "401", "403", "404", "409"),
+            ),
+            "put": _op(
+                "Replace all values",
+                "200",
+                {"type": "object"},
+                params=[_path_param("list_id")],
+                body=_json({"type": "object", "required": ["values"]}),
+                errors=("400", "401", "403", "404", "409"),
+            ),
+        },
+        "/v1/value-lists/{list_id}/passivate": {
+            "post": _op(
+                "Passivate a value list (reversible by import)",
+                "200",
+                {"type": "object"},
+                params=[_path_param("list_id")],
+                errors=("401", "403", "404", "409"),
+            ),
+        },
+        "/v1/audit": {
+            "get": _op(
+                "The audit log, newest first",
+                "200",
+                {"type": "object"},
+                auth="admin",
+                params=[
+                    _query(n, "string", d)
+                    for n, d in [
+                        ("since", "epoch ms"),
+                        ("until", "epoch ms"),
+                        ("actor", "system id, CVR or admin"),
+                        ("action", "exact, or a prefix ending in ."),
+                        ("outcome", "ok|refused|error"),
+                        ("limit", "1..1000"),
+                    ]
+                ],
+            ),
+        },
         "/healthz": {
             "get": _op("Liveness probe (no token)", "200", {"type": "object"}, auth=None, errors=())
         },
