@@ -105,7 +105,7 @@ class Client:
         params: dict[str, Any] = {"max": max, "wait": wait}
         if lease is not None:
             params["lease"] = lease
-        timeout = httpx.Timeout(max(60.0, wait + 30))
+        timeout = httpx.Timeout(60.0 + wait)  # the server may hold a long poll for `wait` s
         return self._call(
             "GET", f"/v1/mailboxes/{mailbox_id}/messages", params=params, timeout=timeout
         )["deliveries"]  # type: ignore[no-any-return]

@@ -76,3 +76,32 @@ def test_send_detects_content_type() -> None:
     assert cli._detect("-", b"  [ {} ]", None, False) == ("application/json", True)
     assert cli._detect("a.ndjson", b"{}", None, False) == ("application/x-ndjson", True)
     assert cli._detect("a.json", b"{}", None, False) == ("application/json", False)
+
+
+async def test_cli_against_a_live_server(server: object, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's client commands end to end (the quick start's path), in a worker thread."""
+    import json as _json
+
+    import trio
+
+    from tests.conftest import ADMIN_TOKEN, SAMPLES, TYPE1
+
+    url = server.url  # type: ignore[attr-defined]
+
+    def run(*argv: str, token: str = ADMIN_TOKEN) -> object:
+        capsys.readouterr()
+        assert cli.main([*argv, "--url", url, "--token", token]) == 0
+        out = capsys.readouterr().out
+        return _json.loads(out) if out.strip().startswith(("{", "[")) else out
+
+    system = await trio.to_thread.run_sync(lambda: run("admin", "system", "create", "cli"))
+    token = system["token"]  # type: ignore[index]
+    mb = (await trio.to_thread.run_sync(lambda: run("mailbox", "create", "inbox", token=token)))["id"]  # type: ignore[index]
+    await trio.to_thread.run_sync(lambda: run("subscription", "create", mb, TYPE1, token=token))
+    sent = await trio.to_thread.run_sync(lambda: run("send", str(SAMPLES / "testbesked01.xml"), token=token))
+    assert sent["mailboxes"] == 1  # type: ignore[index]
+    assert (await trio.to_thread.run_sync(lambda: run("mailbox", "show", mb, token=token)))["ready"] == 1  # type: ignore[index]
+    xml = await trio.to_thread.run_sync(lambda: run("poll", mb, "--xml", "--ack", "--lease", "5", token=token))
+    assert isinstance(xml, str) and "Haendelsesbesked" in xml and "callCPRBasicInformationResponse" in xml
+    shown = await trio.to_thread.run_sync(lambda: run("mailbox", "show", mb, token=token))
+    assert (shown["ready"], shown["in_flight"], shown["copy"]) == (0, 0, 1)  # type: ignore[index]
