@@ -15,6 +15,7 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from broker.errors import BrokerError
 from broker.service import hash_token, new_token
@@ -62,12 +63,13 @@ def ensure_demo(store: Store, data_dir: str | Path) -> dict[str, str]:
     for cvr, name in DEMO_AUTHORITIES.items():
         if cvr not in registry.authorities:
             ops.append(Registry.doc(AUTHORITY, cvr, Authority(cvr=cvr, name=name, created_ms=now)))
-    for kind in ("send", "receive"):
+    kinds: tuple[Literal["send"], Literal["receive"]] = ("send", "receive")
+    for kind in kinds:
         approved = Decision(status="approved", reason="demo", decided_ms=now)
         agreement = Agreement(
             id=str(uuid.uuid4()),
             system_id=system_id,
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             authorities=tuple(sorted(DEMO_AUTHORITIES)),
             message_types=tuple(sorted(DEMO_MESSAGE_TYPES)),
             decisions={cvr: approved for cvr in DEMO_AUTHORITIES},

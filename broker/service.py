@@ -365,10 +365,10 @@ class Broker:
         results = await self.writer.submit(ops) if ops else []
         out: list[PublishResult | BrokerError] = []
         it = iter(results)
-        for item in prepared:
-            if isinstance(item, BrokerError):
-                self.metrics.rejected.labels(item.code).inc()
-                out.append(item)
+        for p in prepared:
+            if isinstance(p, BrokerError):
+                self.metrics.rejected.labels(p.code).inc()
+                out.append(p)
                 continue
             res = next(it)
             assert isinstance(res, PublishResult | BrokerError)

@@ -120,7 +120,10 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     mb = [_path_param("mailbox_id")]
-    ids = lambda name: {**_json(_ref(name))}  # noqa: E731
+
+    def ids(name: str) -> dict[str, Any]:
+        return _json(_ref(name))
+
     paths: dict[str, Any] = {
         "/v1/systems": {
             "post": _op(
