@@ -2,13 +2,13 @@
 
 Theory of operation
 -------------------
-:class:`Broker` is what a request handler talks to. It owns the routing table and the small
+:class:`Broker` is what a request handler talks to. It owns the routing index and the small
 in-memory caches (systems by token hash, mailboxes by id); all durable state lives in the store
 and every write goes through the writer actor. ``run()`` starts the writer and the sweeper in
 the caller's nursery (``await nursery.start(broker.run)``).
 
 Who owns what: the writer owns store writes; the notifier owns wake-up state; the broker owns
-the routing table and caches, which it updates only after the commit that made a change durable.
+the routing index and caches, which it updates only after the commit that made a change durable.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import msgspec
 import trio
 
 from broker.config import BrokerConfig
-from broker.filters import Expression, compile_expression
+from broker.filters import compile_expression
 from broker.governance import Governance
 from broker.registry import Registry
 from broker.delivery import render_delivery
@@ -32,7 +32,7 @@ from broker.envelope import Haendelsesbesked, UnikId, uid_key
 from broker.errors import BrokerError, Forbidden, InvalidInput, NotFound, Unauthorized
 from broker.metrics import Metrics
 from broker.notifier import Notifier
-from broker.routing import RoutingTable
+from broker.index import Subscription, SubscriptionIndex
 from broker.sweeper import Sweeper
 from broker.writer import Writer, wall_ms
 from catalog.access import check_send
@@ -74,6 +74,18 @@ Principal = SystemRecord | Authority | str  # a system, an authority (municipali
 _encoder = msgspec.json.Encoder()
 
 
+def index_subscription(record: SubscriptionRecord) -> Subscription:
+    """A stored subscription as the routing index holds it (expression compiled)."""
+    return Subscription(
+        id=record.id,
+        mailbox_id=record.mailbox_id,
+        owner=record.owner,
+        message_types=record.message_types,
+        expression=None if record.expression is None else compile_expression(record.expression),
+        active=record.active,
+    )
+
+
 def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -113,9 +125,8 @@ class Broker:
             clock=self.clock,
         )
         self.sweeper = Sweeper(self.writer, metrics=self.metrics, interval=config.sweep_interval_s)
-        self._compiled: dict[str, Expression] = {}
-        self.routing = RoutingTable(store.list_subscriptions(), matcher=self._match)
         self.registry = Registry.load(store)
+        self.routing = self._build_index()
         self.governance = Governance(self.registry, self.writer, store, clock)
         self._owners: dict[str, str] = {}  # mailbox id -> owning system, for receive decisions
         self._admin_hash = hash_token(admin_token)
@@ -124,9 +135,10 @@ class Broker:
         self.ready = False
 
     def reload(self) -> None:
-        """Rebuild the routing table and drop caches after the store was changed directly."""
-        self.routing = RoutingTable(self.store.list_subscriptions(), matcher=self._match)
+        """Rebuild the routing index and drop caches after the store was changed directly."""
+        self.routing.close()
         self.registry = Registry.load(self.store)
+        self.routing = self._build_index()
         self.governance = Governance(self.registry, self.writer, self.store, self.clock)
         self._systems.clear()
         self._mailboxes.clear()
@@ -261,7 +273,7 @@ class Broker:
         )
         record = await self.writer.submit_one(op)
         assert isinstance(record, SubscriptionRecord)
-        self.routing.add(record)
+        self.routing.add(index_subscription(record))
         return record
 
     def list_subscriptions(self, owner: SystemRecord, mailbox_id: str) -> list[SubscriptionRecord]:
@@ -270,7 +282,8 @@ class Broker:
     async def delete_subscription(self, owner: SystemRecord, mailbox_id: str, sub_id: str) -> None:
         mb = self.mailbox_of(owner, mailbox_id)
         await self.writer.submit_one(DeleteSubscription(id=sub_id, mailbox_id=mb.id))
-        self.routing.remove(sub_id)
+        if sub_id in self.routing:
+            self.routing.remove(sub_id)
 
     # ------------------------------------------------------------------ messages
 
@@ -308,9 +321,9 @@ class Broker:
     ) -> tuple[Route, ...]:
         """Matching subscriptions, kept only where the receiver's agreements admit the envelope,
         each with the TilladtModtager rewritten for that receiver."""
-        routes = self.routing.route(besked)
+        routes = [Route(mb, sub) for mb, sub in self.routing.match(besked, self.registry.value_lists)]
         if facts is None or not routes:
-            return routes
+            return tuple(routes)
         decisions: dict[str, Any] = {}
         out = []
         for route in routes:
@@ -324,15 +337,11 @@ class Broker:
                 )
         return tuple(out)
 
-    def _match(self, sub: SubscriptionRecord, besked: Haendelsesbesked) -> bool:
-        """Evaluate a subscription's expression (compiled once) against current value lists."""
-        assert sub.expression is not None
-        expr = self._compiled.get(sub.expression)
-        if expr is None:
-            if len(self._compiled) > 100_000:  # bounded: expressions are few in practice
-                self._compiled.clear()
-            expr = self._compiled[sub.expression] = compile_expression(sub.expression)
-        return expr.evaluate(besked, self.registry.value_lists, sub.owner)
+    def _build_index(self) -> SubscriptionIndex:
+        """The subscription index over every stored subscription, watching the value lists so
+        ``in valueliste(…)`` terms are filed under the lists' current values."""
+        subs = [index_subscription(r) for r in self.store.list_subscriptions()]
+        return SubscriptionIndex(subs, lists=self.registry.value_lists)
 
     def _owner(self, mailbox_id: str) -> str:
         owner = self._owners.get(mailbox_id)
@@ -349,6 +358,43 @@ class Broker:
     ) -> list[PublishResult | BrokerError]:
         """Store every valid, authorized envelope in one group commit, with its audit events in
         the same commit; refusals pass through in place."""
+        prepared, ops = self._publish_ops(sender, items, ip)
+        results = await self.writer.submit(ops) if ops else []
+        return self._publish_results(prepared, results)
+
+    async def publish_enqueue(
+        self,
+        sender: SystemRecord,
+        items: Sequence[Haendelsesbesked | BrokerError],
+        ip: str | None,
+        on_done: Callable[[list[PublishResult | BrokerError] | BrokerError], None],
+    ) -> None:
+        """:meth:`publish` without waiting for the commit: returns once the job is queued in
+        the writer; ``on_done`` gets the same per-item results after the commit (or the error
+        that kept the whole job from being applied), from the writer task (at once when
+        there is nothing to store).
+
+        Error handling:
+            Raises :class:`Overloaded` when the job could not be queued (``on_done`` is then
+            never called).
+        """
+        prepared, ops = self._publish_ops(sender, items, ip)
+
+        def settled(results: list[OpResult] | BrokerError) -> None:
+            if isinstance(results, BrokerError):
+                on_done(results)
+            else:
+                on_done(self._publish_results(prepared, results))
+
+        if ops:
+            await self.writer.enqueue(ops, settled)
+        else:
+            await trio.lowlevel.checkpoint()
+            settled([])
+
+    def _publish_ops(
+        self, sender: SystemRecord, items: Sequence[Haendelsesbesked | BrokerError], ip: str | None
+    ) -> tuple[list[Publish | BrokerError], list[Op]]:
         now = self.clock()
         prepared: list[Publish | BrokerError] = []
         for item in items:
@@ -362,7 +408,11 @@ class Broker:
         ops: list[Op] = [p for p in prepared if isinstance(p, Publish)]
         if self.config.audit:
             ops.append(self.governance.audit_op(self._send_events(sender, items, prepared, now)))
-        results = await self.writer.submit(ops) if ops else []
+        return prepared, ops
+
+    def _publish_results(
+        self, prepared: Sequence[Publish | BrokerError], results: Sequence[OpResult]
+    ) -> list[PublishResult | BrokerError]:
         out: list[PublishResult | BrokerError] = []
         it = iter(results)
         for p in prepared:

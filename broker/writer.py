@@ -21,6 +21,7 @@ their own short read transactions.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -39,19 +40,32 @@ QUEUE_SIZE = 4096
 MAX_BATCH_OPS = 20_000
 ADMISSION_TIMEOUT = 2.0
 
+log = logging.getLogger("dueslag.writer")
+
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 class _Job:
-    __slots__ = ("done", "error", "ops", "results")
+    __slots__ = ("done", "error", "on_done", "ops", "results")
 
-    def __init__(self, ops: Sequence[Op]) -> None:
+    def __init__(
+        self, ops: Sequence[Op], on_done: Callable[[list[OpResult] | BrokerError], None] | None = None
+    ) -> None:
         self.ops = ops
         self.done = trio.Event()
         self.results: list[OpResult] = []
         self.error: BrokerError | None = None  # the whole batch failed or was never applied
+        self.on_done = on_done  # called by the writer once the job is settled (see enqueue)
+
+    def settle(self) -> None:
+        self.done.set()
+        if self.on_done is not None:
+            try:
+                self.on_done(self.error if self.error is not None else self.results)
+            except Exception:  # a caller's bug must not stop the writer
+                log.exception("an enqueue() callback failed")
 
 
 class WriterStats(Struct, frozen=True, kw_only=True):
@@ -102,9 +116,33 @@ class Writer:
             stopped, and :class:`StoreError` when the commit failed (nothing was applied).
             Per-op refusals come back as BrokerError values inside the result list.
         """
+        job = _Job(ops)
+        await self._admit(job)
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.results
+
+    async def enqueue(
+        self, ops: Sequence[Op], on_done: Callable[[list[OpResult] | BrokerError], None]
+    ) -> None:
+        """Queue ``ops`` for the next group commit and return without waiting for it.
+
+        ``on_done`` is called from the writer task once the job is settled: with the results
+        after the commit (durable), or with the :class:`StoreError`/``shutting_down`` error
+        when nothing was applied. It must be quick and must not raise. Jobs enter the commit
+        order in the order they were queued.
+
+        Error handling:
+            Raises :class:`Overloaded` like :meth:`submit` when the job could not be queued;
+            ``on_done`` is then never called.
+        """
+        await self._admit(_Job(ops, on_done))
+        await trio.lowlevel.checkpoint()
+
+    async def _admit(self, job: _Job) -> None:
         if self._closed:
             raise Overloaded("the broker is shutting down", code="shutting_down", retry_after=5)
-        job = _Job(ops)
         try:
             self._send.send_nowait(job)
         except trio.WouldBlock:
@@ -116,10 +154,6 @@ class Writer:
                 raise Overloaded(
                     f"write queue full for {self._admission_timeout:g} s", retry_after=1
                 ) from None
-        await job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.results
 
     async def submit_one(self, op: Op) -> OpResult:
         """Submit a single op; a per-op BrokerError result is raised."""
@@ -173,14 +207,14 @@ class Writer:
             self._failed += 1
             for job in jobs:
                 job.error = outcome
-                job.done.set()
+                job.settle()
             return
         i = 0
         for job in jobs:
             k = len(job.ops)
             job.results = outcome.results[i : i + k]
             i += k
-            job.done.set()
+            job.settle()
         self._ops += i
         if outcome.ready:
             self._notifier.notify(outcome.ready)
@@ -193,7 +227,7 @@ class Writer:
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 return
             job.error = err
-            job.done.set()
+            job.settle()
 
     def statistics(self) -> WriterStats:
         return WriterStats(

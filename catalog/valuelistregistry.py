@@ -7,9 +7,11 @@ next envelope routed. Only ACTIVE lists (``oprettet``, ``importeret``) contain a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import msgspec
+
+from broker.index import ValueListListener
 
 from catalog.valuelists import ValueList
 
@@ -32,6 +34,8 @@ class ValueListRegistry:
     """
 
     def __init__(self, records: Iterable[ValueList] = ()) -> None:
+        self._listeners: list[ValueListListener] = []
+        self._by_name: dict[tuple[str, str], str] = {}  # (owner, name) of active lists -> id
         self._records: dict[str, ValueList] = {}
         self._reverse: dict[str, set[tuple[str, str]]] = {}
         self._active_values = 0
@@ -46,6 +50,26 @@ class ValueListRegistry:
 
     def lists_containing(self, value: str) -> Iterable[tuple[str, str]]:
         return self._reverse.get(value, ())
+
+    # -- the WatchedValueLists protocol (broker.index files subscriptions under list values)
+
+    def active_values(self, owner: str, name: str) -> Collection[str]:
+        list_id = self._by_name.get((owner, name))
+        record = None if list_id is None else self._records.get(list_id)
+        return record.values if record is not None and record.active else ()
+
+    def watch(self, listener: ValueListListener) -> None:
+        self._listeners.append(listener)
+
+    def unwatch(self, listener: ValueListListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _announce(self, key: tuple[str, str] | None, added: Collection[str], removed: Collection[str]) -> None:
+        if key is None or not (added or removed):
+            return
+        for listener in list(self._listeners):
+            listener(key[0], key[1], added, removed)
 
     # -- keeping it current
 
@@ -64,6 +88,15 @@ class ValueListRegistry:
             self._index(new_values - old_values, new_key)
         self._active_values += len(new_values) - len(old_values)
         self._records[record.id] = record
+        if old_key is not None and self._by_name.get(old_key) == record.id:
+            del self._by_name[old_key]
+        if record.active:
+            self._by_name[new_key] = record.id
+        if old_key != new_key:
+            self._announce(old_key, (), old_values)
+            self._announce(new_key, new_values, ())
+        else:
+            self._announce(new_key, new_values - old_values, old_values - new_values)
 
     def discard(self, list_id: str) -> None:
         """Forget a record entirely (e.g. a deleted list purged from the store)."""
@@ -71,6 +104,9 @@ class ValueListRegistry:
         if old is not None and old.active:
             self._unindex(set(old.values), (old.owner, old.name))
             self._active_values -= len(old.values)
+            if self._by_name.get((old.owner, old.name)) == old.id:
+                del self._by_name[(old.owner, old.name)]
+            self._announce((old.owner, old.name), (), set(old.values))
 
     def get(self, list_id: str) -> ValueList | None:
         return self._records.get(list_id.lower())
