@@ -64,9 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("DUESLAG_URL", DEFAULT_URL), help="broker URL ($DUESLAG_URL)")
-    common.add_argument("--token", default=os.environ.get("DUESLAG_TOKEN"), help="bearer token ($DUESLAG_TOKEN)")
-    common.add_argument("--data", default=DEFAULT_DATA, help="where to find demo/admin tokens when none is given")
+    common.add_argument(
+        "--url",
+        default=os.environ.get("DUESLAG_URL", DEFAULT_URL),
+        help="broker URL ($DUESLAG_URL)",
+    )
+    common.add_argument(
+        "--token", default=os.environ.get("DUESLAG_TOKEN"), help="bearer token ($DUESLAG_TOKEN)"
+    )
+    common.add_argument(
+        "--data", default=DEFAULT_DATA, help="where to find demo/admin tokens when none is given"
+    )
     leaf: dict[str, Any] = {"parents": [common]}
 
     s = sub.add_parser("send", help="send an envelope (JSON, XML or msgpack), or a batch", **leaf)
@@ -111,10 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = ss.add_parser("create", **leaf)
     c.add_argument("mailbox")
     c.add_argument("message_types", nargs="+", help="Beskedtype UUIDs")
+    c.add_argument("--expression", default=None, help="a filter expression (docs/filters.md)")
     ss.add_parser("list", **leaf).add_argument("mailbox")
     d = ss.add_parser("delete", **leaf)
     d.add_argument("mailbox")
     d.add_argument("subscription")
+
+    from broker.commands import add_governance_parsers
+
+    add_governance_parsers(sub, leaf)
 
     s = sub.add_parser("admin", help="administration (admin token)")
     adm = s.add_subparsers(dest="what", required=True)
@@ -232,9 +245,13 @@ def _announce(info: Any, config: Any) -> None:
 def _client_command(args: argparse.Namespace) -> int:
     from broker.client import Client
 
-    admin = args.command == "admin"
+    from broker.commands import ADMIN_COMMANDS, GOVERNANCE_COMMANDS, run_governance
+
+    admin = args.command in ADMIN_COMMANDS
     with Client(args.url, _token(args, admin=admin)) as c:
-        if args.command == "send":
+        if args.command in GOVERNANCE_COMMANDS:
+            _print(run_governance(c, args))
+        elif args.command == "send":
             data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
             ctype, batch = _detect(args.file, data, args.content_type, args.batch)
             _print(c.send_batch(data, ctype) if batch else c.send(data, ctype))
@@ -259,7 +276,7 @@ def _client_command(args: argparse.Namespace) -> int:
             _mailbox(c, args)
         elif args.command == "subscription":
             if args.action == "create":
-                _print(c.subscribe(args.mailbox, args.message_types))
+                _print(c.subscribe(args.mailbox, args.message_types, args.expression))
             elif args.action == "list":
                 _print(c.list_subscriptions(args.mailbox))
             else:

@@ -53,6 +53,10 @@ class Client:
             return resp.json()
         return resp.content
 
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        """Any API call; the decoded JSON answer (None for 204). Raises ClientError."""
+        return self._call(method, path, **kw)
+
     # systems (admin token)
     def create_system(self, name: str) -> dict[str, Any]:
         return self._call("POST", "/v1/systems", json={"name": name})  # type: ignore[no-any-return]

@@ -65,7 +65,9 @@ class ValueListRegistry:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def _announce(self, key: tuple[str, str] | None, added: Collection[str], removed: Collection[str]) -> None:
+    def _announce(
+        self, key: tuple[str, str] | None, added: Collection[str], removed: Collection[str]
+    ) -> None:
         if key is None or not (added or removed):
             return
         for listener in list(self._listeners):
