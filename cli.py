@@ -244,7 +244,6 @@ def _announce(info: Any, config: Any) -> None:
 
 def _client_command(args: argparse.Namespace) -> int:
     from broker.client import Client
-
     from broker.commands import ADMIN_COMMANDS, GOVERNANCE_COMMANDS, run_governance
 
     admin = args.command in ADMIN_COMMANDS

@@ -24,15 +24,15 @@ import msgspec
 import trio
 
 from broker.config import BrokerConfig
-from broker.filters import compile_expression
-from broker.governance import Governance
-from broker.registry import Registry
 from broker.delivery import render_delivery
 from broker.envelope import Haendelsesbesked, UnikId, uid_key
 from broker.errors import BrokerError, Forbidden, InvalidInput, NotFound, Unauthorized
+from broker.filters import compile_expression
+from broker.governance import Governance
+from broker.index import Subscription, SubscriptionIndex
 from broker.metrics import Metrics
 from broker.notifier import Notifier
-from broker.index import Subscription, SubscriptionIndex
+from broker.registry import Registry
 from broker.sweeper import Sweeper
 from broker.writer import Writer, wall_ms
 from catalog.access import check_send
@@ -55,12 +55,11 @@ from store.base import (
     Nack,
     Op,
     OpResult,
-    AppendAudit,
     Publish,
     PublishResult,
-    Route,
     Replay,
     RequeueDead,
+    Route,
     Store,
     SubscriptionRecord,
     SystemRecord,

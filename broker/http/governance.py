@@ -89,7 +89,7 @@ def _list_out(vl: vls.ValueList, *, values: bool) -> ValueListOut:
     )
 
 
-def register(app: Quart, broker: Broker) -> None:  # noqa: C901 - one route table
+def register(app: Quart, broker: Broker) -> None:
     gov = broker.governance
     reg = broker.registry
 
