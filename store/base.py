@@ -25,6 +25,12 @@ its original position)::
       +---- Nack(requeue=True) / RequeueDead (dead -> ready) / Replay (copy -> ready)
 
 A message body is stored once and deleted when no delivery record of any mailbox references it.
+
+Besides the broker's own records a store keeps, for the catalog and access-control layer, opaque
+*documents* (:class:`PutDoc`, bytes by kind and id), *sets* of strings (:class:`SetChange`, value
+lists of up to millions of members, changed incrementally, with an O(1) size) and an append-only
+*audit log* (:class:`AppendAudit`, time-ordered, purged by :class:`Sweep`). The store never
+interprets documents or audit events.
 """
 
 from __future__ import annotations
@@ -32,20 +38,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Protocol
 
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from broker.errors import BrokerError
 
 __all__ = [
+    "DEFAULT_AUDIT_RETENTION_MS",
     "DEFAULT_MAX_DELIVERIES",
     "DEFAULT_RETENTION_S",
     "MAX_RETENTION_S",
+    "UNSET",
     "Ack",
     "AckResult",
+    "AppendAudit",
     "ApplyOutcome",
     "CreateMailbox",
     "CreateSubscription",
     "CreateSystem",
+    "DeleteDoc",
     "DeleteMailbox",
     "DeleteSubscription",
     "Delivery",
@@ -57,15 +67,20 @@ __all__ = [
     "OpResult",
     "Publish",
     "PublishResult",
+    "PutDoc",
     "Replay",
     "RequeueDead",
     "Route",
+    "SetChange",
+    "SetChangeResult",
     "Store",
     "StoreStats",
     "SubscriptionRecord",
     "Sweep",
     "SweepResult",
     "SystemRecord",
+    "UnsetType",
+    "UpdateSubscription",
     "delivery_id",
     "parse_delivery_id",
 ]
@@ -73,6 +88,7 @@ __all__ = [
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 MAX_RETENTION_S = 30 * 24 * 3600
 DEFAULT_MAX_DELIVERIES = 10
+DEFAULT_AUDIT_RETENTION_MS = 90 * 24 * 3600 * 1000
 
 
 class _Record(Struct, frozen=True, kw_only=True):
@@ -138,6 +154,8 @@ class Delivery(_Record, frozen=True):
     body: bytes  # the canonical envelope JSON exactly as given to Publish
     leased_until_ms: int = 0  # 0 when not leased (dead letters)
     reason: str | None = None  # why it is dead, for dead letters
+    #: the TilladtModtager list rewritten for this receiver (Route.tilladt_modtager), if any
+    tilladt_modtager: tuple[str, ...] | None = None
 
 
 class StoreStats(_Record, frozen=True):
@@ -189,9 +207,29 @@ class DeleteSubscription(Op, frozen=True, tag="delete_subscription"):
     mailbox_id: str
 
 
+class UpdateSubscription(Op, frozen=True, tag="update_subscription"):
+    """Change a subscription of ``mailbox_id``; returns the new :class:`SubscriptionRecord`.
+
+    A field left at its default is left unchanged: ``active`` and ``message_types`` when None,
+    ``expression`` when :data:`UNSET` (None removes the expression). NotFound when the
+    subscription does not exist in this mailbox.
+    """
+
+    id: str
+    mailbox_id: str
+    active: bool | None = None
+    expression: str | UnsetType | None = UNSET
+    message_types: tuple[str, ...] | None = None
+
+
 class Route(Struct, frozen=True, array_like=True):
+    """Where one envelope goes. ``tilladt_modtager``: the TilladtModtager list rewritten for this
+    receiver, stored with its delivery and handed back on :attr:`Delivery.tilladt_modtager`
+    (None, the default, costs nothing)."""
+
     mailbox_id: str
     subscription_id: str
+    tilladt_modtager: tuple[str, ...] | None = None
 
 
 class Publish(Op, frozen=True, tag="publish"):
@@ -201,7 +239,9 @@ class Publish(Op, frozen=True, tag="publish"):
     dedup record exists for it (``received_ms + dedup_window_ms`` of the original is after the
     ``now_ms`` of this apply), nothing is stored and the original result comes back
     with ``duplicate=True``. Routes to mailboxes that no longer exist are skipped. With no
-    (remaining) route the body is not stored at all, but the dedup record is.
+    (remaining) route the body is not stored at all, but the dedup record is. A key that ends in
+    NUL + a lower-case UUID (the service's ``sender \\0 BeskedId``) is stored in the UUID's
+    order, so time-ordered BeskedIds (UUIDv7) cost the least (see ``store.keys``).
     """
 
     sender: str
@@ -262,13 +302,60 @@ class Replay(Op, frozen=True, tag="replay"):
 
 
 class Sweep(Op, frozen=True, tag="sweep"):
-    """Expire leases, purge copies/dead letters past retention and old dedup records.
+    """Expire leases, purge copies/dead letters past retention, old dedup records and audit
+    events older than ``audit_retention_ms``.
 
     Bounded: touches at most ``max_items`` records per kind; ``SweepResult.more`` says whether
-    anything was left for the next sweep.
+    anything was left for the next sweep. Dedup records are purged a generation at a time, so
+    one may stay stored (never live) up to ``store.keys.DEDUP_GEN_MS`` past its window.
     """
 
     max_items: int = 10_000
+    audit_retention_ms: int = DEFAULT_AUDIT_RETENTION_MS
+
+
+class PutDoc(Op, frozen=True, tag="put_doc"):
+    """Store an opaque document under (kind, id), replacing any; returns None.
+
+    With ``if_absent`` an existing document is left alone and the result is
+    ``Conflict(code="conflict")``. ``kind``: 1..50 bytes, ``id``: 1..255 bytes of UTF-8.
+    """
+
+    kind: str
+    id: str
+    value: bytes
+    if_absent: bool = False
+
+
+class DeleteDoc(Op, frozen=True, tag="delete_doc"):
+    """Delete a document; returns whether it existed (bool)."""
+
+    kind: str
+    id: str
+
+
+class SetChange(Op, frozen=True, tag="set_change"):
+    """Change the set (kind, id): ``clear`` first, then ``remove``, then ``add``.
+
+    Members are 1..200 bytes of UTF-8; adding a present or removing an absent member is
+    ignored. Returns :class:`SetChangeResult`. A set that becomes empty no longer exists.
+    """
+
+    kind: str
+    id: str
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    clear: bool = False
+
+
+class AppendAudit(Op, frozen=True, tag="append_audit"):
+    """Append opaque audit events at this apply's ``now_ms``, in order; returns how many.
+
+    Each is keyed ``(now_ms, counter)``, the counter taken from a store-wide sequence, so the
+    log is in time order and keys are unique (see :meth:`Store.scan_audit`).
+    """
+
+    events: tuple[bytes, ...]
 
 
 # ----------------------------------------------------------------------------- results
@@ -302,6 +389,14 @@ class SweepResult(_Record, frozen=True):
     purged_dedup: int = 0
     bodies_deleted: int = 0
     more: bool = False
+    purged_audit: int = 0
+
+
+class SetChangeResult(_Record, frozen=True):
+    """How many members a :class:`SetChange` added and removed (clear counts as removed)."""
+
+    added: int
+    removed: int
 
 
 OpResult = (
@@ -311,7 +406,9 @@ OpResult = (
     | PublishResult
     | AckResult
     | SweepResult
+    | SetChangeResult
     | list[Delivery]
+    | bool
     | int
     | None
     | BrokerError
@@ -378,5 +475,33 @@ class Store(Protocol):
     def list_dead(self, mailbox_id: str, limit: int = 100) -> list[Delivery]: ...
 
     def statistics(self) -> StoreStats: ...
+
+    # documents, sets and the audit log (catalog and access control)
+
+    def get_doc(self, kind: str, id: str) -> bytes | None:
+        """The document's bytes, or None (also for a kind or id that cannot be stored)."""
+        ...
+
+    def list_docs(self, kind: str) -> list[tuple[str, bytes]]:
+        """(id, bytes) of every document of a kind, in id order (UTF-8 byte order)."""
+        ...
+
+    def set_members(self, kind: str, id: str) -> list[str]:
+        """Every member, sorted (UTF-8 byte order = code point order)."""
+        ...
+
+    def set_contains(self, kind: str, id: str, member: str) -> bool: ...
+
+    def set_size(self, kind: str, id: str) -> int:
+        """Number of members (O(1): a counter)."""
+        ...
+
+    def scan_audit(
+        self, since_ms: int, until_ms: int | None, limit: int, after: bytes | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` (key, event) of the audit log with ``since_ms <= time`` (and
+        ``time < until_ms``), in time order. Page with ``after`` = the last key of the previous
+        page. A key is 16 bytes: u64 ms, u64 counter (big-endian)."""
+        ...
 
     def close(self) -> None: ...

@@ -14,7 +14,9 @@ A batch is the unit of group commit, and most of its cost is per-envelope Python
 * a publish buffer: runs of consecutive :class:`Publish` ops collect their bodies, reference
   counts, ready records and dedup records in lists that :meth:`Batch.flush` writes with one
   ``put_many`` per database (bodies and refs appended, seqs being monotonic). Every other op
-  flushes first, so it sees everything the ops before it wrote.
+  flushes first, so it sees everything the ops before it wrote;
+* the dedup records a run of publishes may hit, read with ONE ``get_many`` before the run
+  (:meth:`Batch.prefetch_dedup`: every dedup hash of the run in every live generation).
 
 Nothing here outlives the transaction: when ``apply`` raises, the batch is dropped with it.
 """
@@ -60,12 +62,18 @@ class Batch:
         self._next_seq_read = 0
         self._next_mailbox: int | None = None
         self._next_mailbox_read = 0
+        self._next_audit: int | None = None
+        self._next_audit_read = 0
         # the publish buffer
         self._bodies: list[tuple[bytes, bytes]] = []
         self._refs: list[tuple[bytes, bytes]] = []
         self._ready_items: list[tuple[bytes, bytes]] = []
-        self._dedup: dict[bytes, k.DedupValue] = {}
-        self._ready_values: dict[str, bytes] = {}
+        #: dedup hash -> (key, encoded record), buffered by this run of publishes
+        self._dedup: dict[bytes, tuple[bytes, bytes]] = {}
+        #: dedup hash -> (key, stored record), prefetched for this run of publishes (found ones)
+        self._dedup_known: dict[bytes, tuple[bytes, bytes]] = {}
+        self._gen_prefixes: dict[int, bytes] = {}
+        self._ready_values: dict[tuple[str, tuple[str, ...] | None], bytes] = {}
         self._heads: dict[int, bytes] = {}
         self._gained: dict[int, int] = {}  # buffered ready deliveries per mailbox num
 
@@ -139,6 +147,15 @@ class Batch:
         self._next_mailbox = num + 1
         return num
 
+    def alloc_audit(self, count: int) -> int:
+        """The first of ``count`` consecutive audit counters."""
+        first = self._next_audit
+        if first is None:
+            raw = self.txn.get(Db.META, k.META_NEXT_AUDIT)
+            first = self._next_audit_read = 1 if raw is None else k.decode_int(raw)
+        self._next_audit = first + count
+        return first
+
     # ------------------------------------------------------------------------- bodies
 
     def release(self, seq: int) -> bool:
@@ -157,16 +174,48 @@ class Batch:
 
     # ------------------------------------------------------------------------- publish buffer
 
-    def dedup_record(self, dedup_key: bytes) -> k.DedupValue | None:
-        """The dedup record of a key, buffered in this batch or stored."""
-        pending = self._dedup.get(dedup_key)
-        if pending is not None:
-            return pending
-        raw = self.txn.get(Db.DEDUP, dedup_key)
-        return None if raw is None else k.decode_value(raw, k.DedupValue)
+    def live_gens(self) -> list[int]:
+        """The stored dedup generations that can hold a live record (gen >= gen(now))."""
+        gens = []
+        start = k.dedup_key_of(k.dedup_gen(self.now), b"")
+        while (found := self.txn.first(Db.DEDUP_GENS, start)) is not None:
+            gen = int.from_bytes(found[0][:4], "big")
+            gens.append(gen)
+            start = k.dedup_key_of(gen + 1, b"")
+        return gens
 
-    def add_dedup(self, dedup_key: bytes, record: k.DedupValue) -> None:
-        self._dedup[dedup_key] = record
+    def prefetch_dedup(self, digests: set[bytes]) -> None:
+        """Read the stored records of these dedup ids in ONE ``get_many`` of sorted keys: each id
+        in each live generation (a live record of an id is in at most one of them)."""
+        known: dict[bytes, tuple[bytes, bytes]] = {}
+        self._dedup_known = known
+        if not digests:
+            return
+        prefixes = [k.dedup_key_of(gen, b"") for gen in self.live_gens()]
+        if prefixes:
+            probes = sorted([prefix + digest for prefix in prefixes for digest in digests])
+            for key, raw in self.txn.get_found(Db.DEDUP_GENS, probes):
+                known[key[4:]] = (key, raw)
+
+    def dedup_record(self, digest: bytes) -> tuple[bytes, bytes] | None:
+        """(key, encoded record) of a dedup id: buffered in this run, or stored (prefetched)."""
+        return self._dedup.get(digest) or self._dedup_known.get(digest)
+
+    def dedup_prefix(self, expires_ms: int) -> bytes:
+        """The key prefix (generation) of a dedup record expiring at ``expires_ms``."""
+        prefix = self._gen_prefixes.get(expires_ms)
+        if prefix is None:
+            prefix = self._gen_prefixes[expires_ms] = k.dedup_key_of(k.dedup_gen(expires_ms), b"")
+        return prefix
+
+    def add_dedup(self, digest: bytes, key: bytes, record: bytes) -> None:
+        """Buffer the dedup record of an id that has no live one; a stored (expired) record of
+        the id is overwritten at flush when under the same key, else deleted now."""
+        stored = self._dedup_known.get(digest)
+        if stored is not None and stored[0] != key:
+            self.txn.delete(Db.DEDUP_GENS, stored[0])
+            del self._dedup_known[digest]
+        self._dedup[digest] = (key, record)
 
     def add_message(
         self, received_ms: int, body: bytes, targets: list[tuple[MailboxRecord, Route]]
@@ -183,10 +232,11 @@ class Batch:
         items = self._ready_items
         gained = self._gained
         for mailbox, route in targets:
-            value = values.get(route.subscription_id)
+            cache_key = (route.subscription_id, route.tilladt_modtager)
+            value = values.get(cache_key)
             if value is None:
-                value = k.encode_value(k.ReadyValue(0, route.subscription_id))
-                values[route.subscription_id] = value
+                value = k.delivery_value(0, route.subscription_id, route.tilladt_modtager)
+                values[cache_key] = value
             num = mailbox.num
             items.append((k.delivery_key(num, seq), value))
             count = gained.get(num)
@@ -210,11 +260,9 @@ class Batch:
             self._ready_items = []
             self._gained = {}
         if self._dedup:
-            items = sorted(self._dedup.items())
-            txn.put_many(Db.DEDUP, [(key, k.encode_value(rec)) for key, rec in items])
-            expiry = sorted(k.dedup_expiry_key(rec.expires_ms, key) for key, rec in items)
-            txn.put_many(Db.DEDUP_EXPIRY, [(key, b"") for key in expiry])
+            txn.put_sorted(Db.DEDUP_GENS, sorted(self._dedup.values()))  # appends if in order
             self._dedup = {}
+        self._dedup_known = {}
 
     def finish(self) -> None:
         """Flush, then write the counters and allocators this batch changed."""
@@ -232,3 +280,5 @@ class Batch:
             txn.put(Db.META, k.META_NEXT_SEQ, k.encode_int(self._next_seq))
         if self._next_mailbox is not None and self._next_mailbox != self._next_mailbox_read:
             txn.put(Db.META, k.META_NEXT_MAILBOX, k.encode_int(self._next_mailbox))
+        if self._next_audit is not None and self._next_audit != self._next_audit_read:
+            txn.put(Db.META, k.META_NEXT_AUDIT, k.encode_int(self._next_audit))

@@ -10,6 +10,9 @@ delivery keys use instead of its 36-byte id.
 
 from __future__ import annotations
 
+from msgspec import UNSET
+from msgspec.structs import replace
+
 from broker.errors import Conflict, InvalidInput, NotFound
 
 from . import keys as k
@@ -23,6 +26,7 @@ from .base import (
     MailboxRecord,
     SubscriptionRecord,
     SystemRecord,
+    UpdateSubscription,
 )
 from .batch import Batch, lookup_key
 from .keys import Db
@@ -42,6 +46,7 @@ __all__ = [
     "list_mailboxes",
     "list_subscriptions",
     "list_systems",
+    "update_subscription",
 ]
 
 
@@ -131,19 +136,41 @@ def create_subscription(batch: Batch, op: CreateSubscription) -> SubscriptionRec
     return record
 
 
+def _subscription_of(
+    batch: Batch, mailbox: MailboxRecord, subscription_id: str
+) -> tuple[bytes, SubscriptionRecord]:
+    key = lookup_key(subscription_id)
+    raw = None if key is None else batch.txn.get(Db.SUBSCRIPTIONS, key)
+    record = None if raw is None else k.decode_record(raw, SubscriptionRecord)
+    if key is None or record is None or record.mailbox_id != mailbox.id:
+        raise NotFound(
+            f"subscription {subscription_id!r} does not exist in this mailbox", path="$.id"
+        )
+    return key, record
+
+
 def delete_subscription(batch: Batch, op: DeleteSubscription) -> None:
     mailbox = batch.require_mailbox(op.mailbox_id)
-    key = lookup_key(op.id)
-    txn = batch.txn
-    raw = None if key is None else txn.get(Db.SUBSCRIPTIONS, key)
-    if (
-        key is None
-        or raw is None
-        or k.decode_record(raw, SubscriptionRecord).mailbox_id != mailbox.id
-    ):
-        raise NotFound(f"subscription {op.id!r} does not exist in this mailbox", path="$.id")
-    txn.delete(Db.SUBSCRIPTIONS, key)
-    txn.delete(Db.MAILBOX_SUBS, k.mailbox_sub_key(mailbox.num, key))
+    key, _ = _subscription_of(batch, mailbox, op.id)
+    batch.txn.delete(Db.SUBSCRIPTIONS, key)
+    batch.txn.delete(Db.MAILBOX_SUBS, k.mailbox_sub_key(mailbox.num, key))
+
+
+def update_subscription(batch: Batch, op: UpdateSubscription) -> SubscriptionRecord:
+    """Change what the op names (None / UNSET: leave unchanged); the updated record."""
+    mailbox = batch.require_mailbox(op.mailbox_id)
+    key, record = _subscription_of(batch, mailbox, op.id)
+    changes: dict[str, object] = {}
+    if op.active is not None:
+        changes["active"] = op.active
+    if op.expression is not UNSET:
+        changes["expression"] = op.expression
+    if op.message_types is not None:
+        changes["message_types"] = tuple(t.lower() for t in op.message_types)
+    if changes:
+        record = replace(record, **changes)
+        batch.txn.put(Db.SUBSCRIPTIONS, key, k.encode_record(record))
+    return record
 
 
 # ----------------------------------------------------------------------------- reads

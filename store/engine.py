@@ -8,23 +8,30 @@ same logic and the same encodings. :meth:`KvStore.apply` opens one write transac
 in a :class:`~store.batch.Batch` and dispatches each op with ``match``. An op refused with a
 :class:`~broker.errors.BrokerError` becomes that op's result (ops check before they write, so a
 refusal leaves nothing behind); anything else aborts the whole transaction and comes out as
-:class:`~broker.errors.StoreError`.
+:class:`~broker.errors.StoreError`. Before each run of consecutive publishes, the dedup records
+the run can hit are read in one go (``deliveries.prefetch``).
+
+Opening a format-1 environment upgrades it to the current format in one write transaction
+(:func:`upgrade_format_1`); older code then refuses the environment by its format marker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from broker.errors import BrokerError, InvalidInput, StoreError
 
-from . import deliveries, directory, queries, retention
+from . import deliveries, directory, documents, queries, retention
 from . import keys as k
 from .base import (
     Ack,
+    AppendAudit,
     ApplyOutcome,
     CreateMailbox,
     CreateSubscription,
     CreateSystem,
+    DeleteDoc,
     DeleteMailbox,
     DeleteSubscription,
     Delivery,
@@ -35,24 +42,53 @@ from .base import (
     Op,
     OpResult,
     Publish,
+    PutDoc,
     Replay,
     RequeueDead,
+    SetChange,
     StoreStats,
     SubscriptionRecord,
     Sweep,
     SystemRecord,
+    UpdateSubscription,
 )
 from .batch import Batch
 from .keys import Db
-from .kv import KvEnv
+from .kv import KvEnv, KvWriter
 
-__all__ = ["KvStore"]
+__all__ = ["KvStore", "upgrade_format_1"]
+
+_MIGRATE_CHUNK = 10_000
+
+
+def upgrade_format_1(txn: KvWriter) -> int:
+    """Move format-1 dedup records (``dedup`` + ``dedup_expiry``) into ``dedup_gens`` and mark
+    the environment as the current format; returns how many records moved. Every other
+    format-1 value reads as it is (delivery values just lack the optional ``tm``)."""
+    moved = 0
+    while chunk := txn.take(Db.DEDUP, b"\x00", None, _MIGRATE_CHUNK):
+        items = []
+        for stored_key, raw in chunk:
+            record = k.decode_dedup(raw)
+            # format 1 stored the key as k.normalize_dedup_key made it: its hash is dedup_hash
+            digest = k.dedup_hash(stored_key)
+            key = k.dedup_key_of(k.dedup_gen(record.expires_ms), digest)
+            value = k.encode_dedup(record.transaction_id, record.mailboxes, record.expires_ms)
+            items.append((key, value))
+        items.sort()
+        txn.put_many(Db.DEDUP_GENS, items)
+        moved += len(items)
+    while txn.take(Db.DEDUP_EXPIRY, b"\x00", None, _MIGRATE_CHUNK):
+        pass
+    txn.put(Db.META, k.META_FORMAT, k.encode_format())
+    return moved
 
 
 def _dispatch(batch: Batch, op: Op) -> OpResult:
     match op:
         case Publish():
-            return deliveries.publish(batch, op)
+            (digest,) = deliveries.prefetch(batch, [op])
+            return deliveries.publish(batch, op, digest)
         case Lease():
             return deliveries.lease(batch, op)
         case Ack():
@@ -77,6 +113,17 @@ def _dispatch(batch: Batch, op: Op) -> OpResult:
         case DeleteSubscription():
             directory.delete_subscription(batch, op)
             return None
+        case UpdateSubscription():
+            return directory.update_subscription(batch, op)
+        case PutDoc():
+            documents.put_doc(batch, op)
+            return None
+        case DeleteDoc():
+            return documents.delete_doc(batch, op)
+        case SetChange():
+            return documents.set_change(batch, op)
+        case AppendAudit():
+            return documents.append_audit(batch, op)
         case _:
             raise InvalidInput(f"unknown operation {type(op).__name__}")
 
@@ -94,7 +141,8 @@ class KvStore:
         with kv.write() as txn:
             raw = txn.get(Db.META, k.META_FORMAT)
             if raw is not None:
-                k.check_format(raw)
+                if k.check_format(raw) == 1:
+                    upgrade_format_1(txn)
             elif any(txn.count(db) for db in Db):
                 raise StoreError(
                     "the environment holds data but no format marker: not a dueslag store"
@@ -114,15 +162,27 @@ class KvStore:
             with self._kv.write() as txn:
                 batch = Batch(txn, now_ms)
                 results: list[OpResult] = []
-                for op in ops:
-                    if type(op) is not Publish:
-                        batch.flush()  # later ops must see the buffered publishes
+                digests: list[bytes | None] = []  # dedup hashes of the current publish run
+                run_start = run_end = 0
+                for i, op in enumerate(ops):
+                    result: OpResult
                     try:
-                        results.append(_dispatch(batch, op))
+                        if type(op) is Publish:
+                            if i >= run_end:  # a run of publishes starts: prefetch its dedup
+                                run_start = run_end = i
+                                while run_end < len(ops) and type(ops[run_end]) is Publish:
+                                    run_end += 1
+                                run = cast("Sequence[Publish]", ops[run_start:run_end])
+                                digests = deliveries.prefetch(batch, run)
+                            result = deliveries.publish(batch, op, digests[i - run_start])
+                        else:
+                            batch.flush()  # later ops must see the buffered publishes
+                            result = _dispatch(batch, op)
                     except StoreError:
                         raise
                     except BrokerError as exc:
-                        results.append(exc)
+                        result = exc
+                    results.append(result)
                 batch.finish()
         except StoreError:
             raise
@@ -184,6 +244,32 @@ class KvStore:
                 mailboxes=txn.count(Db.MAILBOXES),
                 format_version=k.FORMAT_VERSION,
             )
+
+    def get_doc(self, kind: str, id: str) -> bytes | None:
+        with self._kv.read() as txn:
+            return documents.get_doc(txn, kind, id)
+
+    def list_docs(self, kind: str) -> list[tuple[str, bytes]]:
+        with self._kv.read() as txn:
+            return documents.list_docs(txn, kind)
+
+    def set_members(self, kind: str, id: str) -> list[str]:
+        with self._kv.read() as txn:
+            return documents.set_members(txn, kind, id)
+
+    def set_contains(self, kind: str, id: str, member: str) -> bool:
+        with self._kv.read() as txn:
+            return documents.set_contains(txn, kind, id, member)
+
+    def set_size(self, kind: str, id: str) -> int:
+        with self._kv.read() as txn:
+            return documents.set_size(txn, kind, id)
+
+    def scan_audit(
+        self, since_ms: int, until_ms: int | None, limit: int, after: bytes | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        with self._kv.read() as txn:
+            return documents.scan_audit(txn, since_ms, until_ms, limit, after)
 
     def close(self) -> None:
         """Close the backend; only after every thread using this store is done."""

@@ -14,6 +14,7 @@ database            key                             value
 ==================  ==============================  ===============================================
 ``meta``            ``format``                      u32 format version (no version byte)
                     ``next_seq`` / ``next_mailbox`` V u64: next sequence / mailbox number to hand out
+                    ``next_audit``                  V u64: next audit counter
 ``systems``         system id                       V msgpack :class:`SystemRecord`
 ``system_tokens``   token hash                      V system id (utf-8)
 ``mailboxes``       mailbox id                      V msgpack :class:`MailboxRecord`
@@ -24,26 +25,63 @@ database            key                             value
 ``counters``        num u32                         V u64 ready, in_flight, copy, dead
 ``bodies``          seq u64                         V u64 received_ms, body bytes
 ``refs``            seq u64                         V u32 delivery records referring to the body
-``dedup``           dedup key                       V msgpack [transaction_id, mailboxes, expires]
-``dedup_expiry``    expires u64, dedup key          (empty)
-``ready``           num u32, seq u64                V msgpack [attempt, subscription_id]
-``in_flight``       num u32, seq u64                V msgpack [attempt, subscription_id, deadline]
+``dedup``           (format 1 only, migrated)       V msgpack [transaction_id, mailboxes, expires]
+``dedup_expiry``    (format 1 only, migrated)       (empty)
+``ready``           num u32, seq u64                V msgpack [attempt, subscription_id(, tm)]
+``in_flight``       num u32, seq u64                V msgpack [attempt, sub_id, deadline(, tm)]
 ``lease_expiry``    deadline u64, num u32, seq u64  (empty)
-``copy``            num u32, seq u64                V msgpack [acked, attempt, sub_id, expires]
+``copy``            num u32, seq u64                V msgpack [acked, attempt, sub_id, expires(, tm)]
 ``copy_expiry``     expires u64, num u32, seq u64   (empty)
-``dead``            num u32, seq u64                V msgpack [dead, attempt, sub_id, reason, expires]
+``dead``            num u32, seq u64                V msgpack [dead, attempt, sub_id, reason, expires
+                                                    (, tm)]
 ``dead_expiry``     expires u64, num u32, seq u64   (empty)
+``dedup_gens``      gen u32, dedup id (16/24 B)     V2 u64 expires, u32 mailboxes, 16-byte UUID
+                                                    transaction id (V3: utf-8 transaction id)
+``docs``            len u8, kind, doc id            V document bytes
+``sets``            len u8, kind, len u8, set id,   (empty)
+                    member
+``set_sizes``       len u8, kind, len u8, set id    V u64 member count
+``audit``           ms u64, counter u64             V event bytes
 ==================  ==============================  ===============================================
+
+``tm`` is a delivery's TilladtModtager list; a value without it (None) simply has one element
+fewer, so None costs nothing and format-1 values read as None.
+
+Dedup records live in time *generations* of :data:`DEDUP_GEN_MS`: ``gen = expires //
+DEDUP_GEN_MS``. A lookup probes the hash in every generation that can hold a live record (those
+at or after ``gen(now)``: a handful), and the sweep drops whole generations once every record
+in them has expired: a sequential range delete instead of one random B-tree delete per record,
+and no expiry index to maintain at publish. A record may so outlive its window by up to one
+generation; it is never *treated* as live after ``expires``.
+
+A dedup key is stored as a compact id (:func:`dedup_hash`), not as given (the service's keys
+are 73 bytes): 16 bytes of BLAKE2b, or, for a key ending in NUL + lower-case UUID, 8 bytes of
+BLAKE2b of the rest + the UUID's 16 bytes, which keeps time-ordered BeskedIds in order. Ids of
+different keys collide with probability ~2^-128 per pair (a billion live records: ~1e-21), or,
+for the UUID form, only for the same UUID under two prefixes whose 64-bit hashes collide
+(~2^-64 per pair of senders that reuse one BeskedId). That risk is accepted: it keeps the
+randomly-inserted B-tree small (a record is ~70 bytes in the page instead of ~140).
+
+Measured with ``bench/store_bench.py --io`` (1 KiB envelopes, fan-out 2, bytes LMDB wrote per
+envelope): uuid4 BeskedIds 6.0 -> 5.0 KB with 100k records in the index and 9.9 -> 8.0 KB with
+1.1M; purging 1.3-4.4 KB -> 5 B per record; sequential BeskedIds 2.0 -> 1.8 KB. What is left for
+random ids is the B-tree's floor: one 4 KiB leaf (plus its share of branch pages) per insert
+once the index has more leaves than a commit has envelopes; only a log-structured index
+(appended log + in-memory table merged in large sorted runs) would go below it.
 
 Schema evolution: records are msgspec Structs, so a new field gets a default; the small
 ``array_like`` values only ever grow by appending fields with defaults. A change that old code
 cannot read bumps :data:`FORMAT_VERSION` (refused on open by older code) or the value version.
+Format 1 (the first release) is upgraded in place when opened: its dedup records move to
+``dedup_gens`` in one transaction; every other format-1 value reads as it is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
+from binascii import unhexlify
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Final, TypeVar
@@ -55,12 +93,16 @@ from broker.errors import InvalidInput, StoreError
 
 from .base import MailboxRecord, SubscriptionRecord, SystemRecord
 
+_blake2b = hashlib.blake2b
+
 __all__ = [
     "DB_NAMES",
+    "DEDUP_GEN_MS",
     "FORMAT_VERSION",
     "MAX_DEDUP_KEY",
     "MAX_ID_BYTES",
     "META_FORMAT",
+    "META_NEXT_AUDIT",
     "META_NEXT_MAILBOX",
     "META_NEXT_SEQ",
     "VALUE_VERSION",
@@ -70,19 +112,30 @@ __all__ = [
     "DedupValue",
     "FlightValue",
     "ReadyValue",
+    "audit_key",
     "body_header",
     "check_format",
     "decode_body",
     "decode_counters",
+    "decode_dedup",
+    "decode_doc",
     "decode_id",
     "decode_int",
     "decode_record",
     "decode_ref",
     "decode_value",
     "dedup_expiry_key",
+    "dedup_gen",
+    "dedup_hash",
+    "dedup_key_of",
     "delivery_key",
+    "delivery_value",
+    "doc_key",
+    "doc_range",
     "encode_body",
     "encode_counters",
+    "encode_dedup",
+    "encode_doc",
     "encode_format",
     "encode_id",
     "encode_int",
@@ -96,22 +149,35 @@ __all__ = [
     "num_key",
     "owner_key",
     "owner_range",
+    "parse_audit_key",
     "parse_delivery_key",
     "parse_time_key",
     "received_ms_of",
     "seq_key",
+    "set_member_key",
+    "set_prefix",
+    "set_range",
     "time_key",
     "time_range",
 ]
 
-#: Version of the whole key layout; an environment with another version is refused on open.
-FORMAT_VERSION: Final = 1
+#: Version of the whole key layout; an environment with another version is refused on open
+#: (except format 1, which this build upgrades).
+FORMAT_VERSION: Final = 2
 #: First byte of every non-empty stored value.
 VALUE_VERSION: Final = 1
 #: Ids (system, mailbox, subscription) are keys: LMDB limits keys to 511 bytes, we to this.
 MAX_ID_BYTES: Final = 255
 #: Dedup keys longer than this are stored as their SHA-256 (LMDB's key size limit).
 MAX_DEDUP_KEY: Final = 255
+#: Length of one dedup generation (see the module docs).
+DEDUP_GEN_MS: Final = 6 * 3600 * 1000
+#: Value versions of a dedup record: transaction id as 16 UUID bytes / as utf-8 text.
+DEDUP_UUID: Final = 2
+DEDUP_TEXT: Final = 3
+#: Bounds of document kinds, set ids and set members (all within LMDB's 511-byte keys).
+MAX_KIND_BYTES: Final = 50
+MAX_MEMBER_BYTES: Final = 200
 
 
 class Db(IntEnum):
@@ -137,6 +203,11 @@ class Db(IntEnum):
     COPY_EXPIRY = 17
     DEAD = 18
     DEAD_EXPIRY = 19
+    DEDUP_GENS = 20
+    DOCS = 21
+    SETS = 22
+    SET_SIZES = 23
+    AUDIT = 24
 
 
 #: LMDB database names, indexed by :class:`Db`.
@@ -145,6 +216,7 @@ DB_NAMES: Final = tuple(db.name.lower().encode() for db in Db)
 META_FORMAT: Final = b"format"
 META_NEXT_SEQ: Final = b"next_seq"
 META_NEXT_MAILBOX: Final = b"next_mailbox"
+META_NEXT_AUDIT: Final = b"next_audit"
 
 # ----------------------------------------------------------------------------- keys
 
@@ -152,6 +224,7 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _DELIVERY = struct.Struct(">IQ")
 _TIME = struct.Struct(">QIQ")
+_AUDIT = struct.Struct(">QQ")
 
 
 #: seq -> 8-byte key (the bodies and refs databases).
@@ -184,15 +257,102 @@ def time_range(now_ms: int) -> tuple[bytes, bytes]:
     return b"\x00", _U64.pack(now_ms + 1)
 
 
+#: (ms, counter) -> key of an audit event.
+audit_key: Final[Callable[[int, int], bytes]] = _AUDIT.pack
+
+
+def parse_audit_key(key: bytes) -> tuple[int, int]:
+    """(ms, counter) of an audit event's key (as :meth:`Store.scan_audit` returns it)."""
+    ms, counter = _AUDIT.unpack(key)
+    return ms, counter
+
+
 def dedup_expiry_key(expires_ms: int, dedup_key: bytes) -> bytes:
+    """A format-1 ``dedup_expiry`` key (read only by the format-1 upgrade and its tests)."""
     return _U64.pack(expires_ms) + dedup_key
 
 
 def normalize_dedup_key(key: bytes) -> bytes:
-    """A dedup key as stored: as given, or its SHA-256 when too long for an LMDB key."""
+    """A dedup key as format 1 stored it: as given, or its SHA-256 when longer than 255 bytes."""
     if len(key) <= MAX_DEDUP_KEY:
         return key
     return b"\xffsha256:" + hashlib.sha256(key).digest()
+
+
+_UUID_TAIL = re.compile(rb"\x00[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
+def dedup_hash(key: bytes) -> bytes:
+    """The compact id a dedup key is stored under (see the module docs).
+
+    A key ending in NUL + a lower-case UUID (the service's ``sender \\0 BeskedId``) becomes 8
+    bytes of BLAKE2b of the part before the NUL + the UUID's 16 bytes: 24 bytes that keep the
+    order of time-ordered BeskedIds (UUIDv7, sequential GUIDs), so their records append. Any
+    other key becomes 16 bytes of BLAKE2b. Both of the key's format-1 form (so the upgrade
+    maps old records to the same ids).
+    """
+    if len(key) > MAX_DEDUP_KEY:
+        key = normalize_dedup_key(key)
+    if len(key) >= 37 and key[-37] == 0 and _UUID_TAIL.match(key, len(key) - 37):
+        prefix = key[:-37]
+        digest = _PREFIX_HASHES.get(prefix)
+        if digest is None:
+            if len(_PREFIX_HASHES) >= 4096:
+                _PREFIX_HASHES.clear()
+            digest = _PREFIX_HASHES[prefix] = _blake2b(prefix, digest_size=8).digest()
+        return digest + unhexlify(key[-36:].replace(b"-", b""))
+    return _blake2b(key, digest_size=16).digest()
+
+
+#: 8-byte hashes of recent dedup key prefixes (senders): one per batch instead of per key
+_PREFIX_HASHES: dict[bytes, bytes] = {}
+
+
+def dedup_gen(ms: int) -> int:
+    """The dedup generation holding records that expire at ``ms``."""
+    return ms // DEDUP_GEN_MS
+
+
+def dedup_key_of(gen: int, digest: bytes) -> bytes:
+    """(generation, dedup hash) -> key in ``dedup_gens``."""
+    return _U32.pack(gen) + digest
+
+
+def _name(field: str, value: str, most: int) -> bytes:
+    raw = value.encode()
+    if not raw or len(raw) > most:
+        raise InvalidInput(
+            f"{field} must be 1..{most} bytes of UTF-8, got {len(raw)}", path=f"$.{field}"
+        )
+    return raw
+
+
+def doc_range(kind: str) -> tuple[bytes, bytes]:
+    """[start, end) of the documents of one kind; InvalidInput for a bad kind."""
+    prefix = _name("kind", kind, MAX_KIND_BYTES)
+    start = bytes((len(prefix),)) + prefix
+    return start, start + b"\xff"
+
+
+def doc_key(kind: str, doc_id: str) -> bytes:
+    return doc_range(kind)[0] + _name("id", doc_id, MAX_ID_BYTES)
+
+
+def set_prefix(kind: str, set_id: str) -> bytes:
+    """Key of a set in ``set_sizes`` and the prefix of its members in ``sets``."""
+    raw_kind = _name("kind", kind, MAX_KIND_BYTES)
+    raw_id = _name("id", set_id, MAX_ID_BYTES)
+    return bytes((len(raw_kind),)) + raw_kind + bytes((len(raw_id),)) + raw_id
+
+
+def set_range(prefix: bytes) -> tuple[bytes, bytes]:
+    """[start, end) of a set's member keys (members are non-empty UTF-8: never 0xff)."""
+    return prefix, prefix + b"\xff"
+
+
+def set_member_key(prefix: bytes, member: str, field: str = "add") -> bytes:
+    return prefix + _name(field, member, MAX_MEMBER_BYTES)
 
 
 def id_key(field: str, value: str) -> bytes:
@@ -228,15 +388,21 @@ def _bad_version(what: str, value: bytes) -> StoreError:
     )
 
 
+# Delivery values end with the optional TilladtModtager list ``tm``; encode them with
+# delivery_value(), which leaves a None ``tm`` out (one element fewer, as format 1 wrote them).
+
+
 class ReadyValue(Struct, array_like=True, frozen=True, gc=False):
     attempt: int
     subscription_id: str
+    tm: tuple[str, ...] | None = None
 
 
 class FlightValue(Struct, array_like=True, frozen=True, gc=False):
     attempt: int
     subscription_id: str
     deadline_ms: int
+    tm: tuple[str, ...] | None = None
 
 
 class CopyValue(Struct, array_like=True, frozen=True, gc=False):
@@ -244,6 +410,7 @@ class CopyValue(Struct, array_like=True, frozen=True, gc=False):
     attempt: int
     subscription_id: str
     expires_ms: int
+    tm: tuple[str, ...] | None = None
 
 
 class DeadValue(Struct, array_like=True, frozen=True, gc=False):
@@ -252,6 +419,7 @@ class DeadValue(Struct, array_like=True, frozen=True, gc=False):
     subscription_id: str
     reason: str
     expires_ms: int
+    tm: tuple[str, ...] | None = None
 
 
 class DedupValue(Struct, array_like=True, frozen=True, gc=False):
@@ -270,6 +438,14 @@ T = TypeVar("T")
 def encode_value(value: Struct) -> bytes:
     """A record or small value: version byte + msgpack."""
     return _V + _ENCODER.encode(value)
+
+
+def delivery_value(*fields: object) -> bytes:
+    """A delivery value (ReadyValue ... DeadValue, fields in order) whose last field, ``tm``,
+    is left out when None."""
+    if fields[-1] is None:
+        fields = fields[:-1]
+    return _V + _ENCODER.encode(fields)
 
 
 def decode_value(raw: bytes, kind: type[T]) -> T:
@@ -292,6 +468,59 @@ R = TypeVar("R", SystemRecord, MailboxRecord, SubscriptionRecord)
 
 def decode_record(raw: bytes, kind: type[R]) -> R:
     return decode_value(raw, kind)
+
+
+_DEDUP_HEAD = struct.Struct(">BQI")
+_DEDUP_HEAD_SIZE: Final = _DEDUP_HEAD.size
+
+
+def encode_dedup(transaction_id: str, mailboxes: int, expires_ms: int) -> bytes:
+    """A dedup record: the transaction id as 16 bytes when it is a lower-case UUID, else text."""
+    if len(transaction_id) == 36 and _UUID_TEXT.match(transaction_id):
+        raw = bytes.fromhex(transaction_id.replace("-", ""))
+        return _DEDUP_HEAD.pack(DEDUP_UUID, expires_ms, mailboxes) + raw
+    return _DEDUP_HEAD.pack(DEDUP_TEXT, expires_ms, mailboxes) + transaction_id.encode()
+
+
+def _uuid_text(raw: bytes) -> str:
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def decode_dedup(raw: bytes) -> DedupValue:
+    """A dedup record of any version (format 1 wrote msgpack under value version 1)."""
+    if raw[:1] == _V:
+        return decode_value(raw, DedupValue)
+    try:
+        version, expires, mailboxes = _DEDUP_HEAD.unpack_from(raw)
+    except struct.error as exc:
+        raise StoreError(f"stored dedup record is corrupt: {exc}") from exc
+    rest = raw[_DEDUP_HEAD_SIZE:]
+    if version == DEDUP_UUID:
+        if len(rest) != 16:
+            raise StoreError(f"stored dedup record is corrupt: UUID of {len(rest)} bytes")
+        return DedupValue(_uuid_text(rest), mailboxes, expires)
+    if version == DEDUP_TEXT:
+        return DedupValue(rest.decode(), mailboxes, expires)
+    raise _bad_version("dedup record", raw)
+
+
+def dedup_expires(raw: bytes) -> int:
+    """Just the expiry of a stored dedup record."""
+    if raw[:1] == _V:
+        return decode_dedup(raw).expires_ms
+    result: int = _U64.unpack_from(raw, 1)[0]
+    return result
+
+
+def encode_doc(value: bytes) -> bytes:
+    return _V + value
+
+
+def decode_doc(raw: bytes) -> bytes:
+    if raw[:1] != _V:
+        raise _bad_version("document", raw)
+    return raw[1:]
 
 
 _BODY_HEAD = struct.Struct(">BQ")
@@ -388,7 +617,9 @@ def encode_format(version: int = FORMAT_VERSION) -> bytes:
 
 
 def check_format(raw: bytes) -> int:
-    """The format version stored under ``meta/format``; StoreError if this build can't read it."""
+    """The format version stored under ``meta/format``; StoreError if this build can't open it.
+
+    Format 1 is returned as is: the caller upgrades it (see ``store.engine``)."""
     if len(raw) != _U32.size:
         raise StoreError(
             f"store format marker is {len(raw)} bytes, expected 4: not a dueslag store?"
@@ -399,7 +630,7 @@ def check_format(raw: bytes) -> int:
             f"store format version {version} is newer than this build supports "
             f"({FORMAT_VERSION}); upgrade dueslag to open it"
         )
-    if version != FORMAT_VERSION:
+    if version not in (1, FORMAT_VERSION):
         raise StoreError(
             f"store format version {version} is not supported (this build reads {FORMAT_VERSION})"
         )

@@ -56,6 +56,10 @@ class KvReader(Protocol):
         """The values of keys (None where missing), in one call."""
         ...
 
+    def get_found(self, db: int, keys: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+        """(key, value) of those keys that are stored, in one call (sorted keys read fastest)."""
+        ...
+
 
 class KvWriter(KvReader, Protocol):
     def put(self, db: int, key: bytes, value: bytes) -> None: ...
@@ -66,12 +70,21 @@ class KvWriter(KvReader, Protocol):
         """Put sorted items; ``append`` promises every key is above all keys already stored."""
         ...
 
+    def put_sorted(self, db: int, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Put sorted items, appending (LMDB fills pages fully, no search) when they all sort
+        after every stored key: the common case of time-ordered index keys."""
+        ...
+
+    def add_many(self, db: int, items: Sequence[tuple[bytes, bytes]]) -> int:
+        """Put sorted items whose keys are not stored yet (others are left alone); how many."""
+        ...
+
     def delete(self, db: int, key: bytes) -> bool:
         """Delete a key; False when it was not there."""
         ...
 
-    def delete_many(self, db: int, keys: Iterable[bytes]) -> None:
-        """Delete keys (missing ones are ignored)."""
+    def delete_many(self, db: int, keys: Iterable[bytes]) -> int:
+        """Delete keys (missing ones are ignored); how many were there."""
         ...
 
     def take(
@@ -142,6 +155,9 @@ class _LmdbTxn:
         entries: int = self._txn.stat(self._dbs[db])["entries"]
         return entries
 
+    def get_found(self, db: int, keys: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+        return cast("list[tuple[bytes, bytes]]", self._cursor(db).getmulti(keys))
+
     def get_many(self, db: int, keys: Sequence[bytes]) -> list[bytes | None]:
         found = cast("list[tuple[bytes, bytes]]", self._cursor(db).getmulti(keys))
         if len(found) == len(keys):  # getmulti leaves missing keys out
@@ -163,15 +179,31 @@ class _LmdbTxn:
                 f"putmulti into {db} stored {added} of {len(items)} items (append={append})"
             )
 
+    def put_sorted(self, db: int, items: Sequence[tuple[bytes, bytes]]) -> None:
+        if not items:
+            return
+        cursor = self._cursor(db)
+        append = not cursor.last() or cast(bytes, cursor.key()) < items[0][0]
+        self.put_many(db, items, append=append)
+
+    def add_many(self, db: int, items: Sequence[tuple[bytes, bytes]]) -> int:
+        if not items:
+            return 0
+        _, added = self._cursor(db).putmulti(items, overwrite=False)
+        result: int = added
+        return result
+
     def delete(self, db: int, key: bytes) -> bool:
         deleted: bool = self._txn.delete(key, db=self._dbs[db])
         return deleted
 
-    def delete_many(self, db: int, keys: Iterable[bytes]) -> None:
+    def delete_many(self, db: int, keys: Iterable[bytes]) -> int:
         delete = self._txn.delete
         handle = self._dbs[db]
+        count = 0
         for key in keys:
-            delete(key, db=handle)
+            count += delete(key, db=handle)
+        return count
 
     def take(
         self, db: int, start: bytes, end: bytes | None, limit: int
@@ -326,6 +358,10 @@ class _MemoryTxn:
         data = self._dbs[db]
         return [data.get(key) for key in keys]
 
+    def get_found(self, db: int, keys: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+        data = self._dbs[db]
+        return [(key, data[key]) for key in keys if key in data]
+
     def _writable(self) -> list[tuple[int, bytes, Any]]:
         if self._journal is None:
             raise StoreError("write in a read transaction")
@@ -347,6 +383,20 @@ class _MemoryTxn:
         for key, value in items:
             self.put(db, key, value)
 
+    def put_sorted(self, db: int, items: Sequence[tuple[bytes, bytes]]) -> None:
+        data = self._dbs[db]
+        append = bool(items) and (not data or data.peekitem(-1)[0] < items[0][0])
+        self.put_many(db, items, append=append)
+
+    def add_many(self, db: int, items: Sequence[tuple[bytes, bytes]]) -> int:
+        data = self._dbs[db]
+        added = 0
+        for key, value in items:
+            if key not in data:
+                self.put(db, key, value)
+                added += 1
+        return added
+
     def delete(self, db: int, key: bytes) -> bool:
         data = self._dbs[db]
         old = data.pop(key, _MISSING)
@@ -355,9 +405,8 @@ class _MemoryTxn:
         self._writable().append((db, key, old))
         return True
 
-    def delete_many(self, db: int, keys: Iterable[bytes]) -> None:
-        for key in keys:
-            self.delete(db, key)
+    def delete_many(self, db: int, keys: Iterable[bytes]) -> int:
+        return sum(self.delete(db, key) for key in keys)
 
     def take(
         self, db: int, start: bytes, end: bytes | None, limit: int

@@ -62,6 +62,7 @@ def get_leased(txn: KvReader, mailbox_id: str, text: str, now_ms: int) -> Delive
         received_ms=received_ms,
         body=body,
         leased_until_ms=flight.deadline_ms,
+        tilladt_modtager=flight.tm,
     )
 
 
@@ -81,6 +82,7 @@ def list_dead(txn: KvReader, mailbox_id: str, limit: int) -> list[Delivery]:
                 received_ms=received_ms,
                 body=body,
                 reason=dead.reason,
+                tilladt_modtager=dead.tm,
             )
         )
     return out

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
+
+import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from msgspec.structs import replace
 from storekit import dump, one, publish, published, setup
 
 from broker.errors import Conflict, InvalidInput, NotFound, StoreError
 from store import (
     MAX_RETENTION_S,
+    UNSET,
     Ack,
     AckResult,
+    AppendAudit,
     CreateMailbox,
     CreateSubscription,
     CreateSystem,
+    DeleteDoc,
     DeleteMailbox,
     DeleteSubscription,
     Delivery,
@@ -21,18 +29,25 @@ from store import (
     MailboxRecord,
     Nack,
     PublishResult,
+    PutDoc,
     Replay,
     RequeueDead,
     Route,
+    SetChange,
+    SetChangeResult,
     SubscriptionRecord,
     Sweep,
     SweepResult,
     SystemRecord,
+    UpdateSubscription,
 )
 from store import deliveries as store_deliveries
+from store import keys as k
 from store.engine import KvStore
+from store.keys import DEDUP_GEN_MS as GEN
 
 LEASE = Lease(mailbox_id="mb1", max=10, lease_ms=30_000)
+_COUNTER = itertools.count()
 
 
 def leased(
@@ -152,7 +167,7 @@ def test_delete_mailbox(store: KvStore) -> None:
     assert store.statistics().messages == 0
     after = dump(store)
     for name, items in after.items():
-        if name not in ("META", "SYSTEMS", "SYSTEM_TOKENS", "DEDUP", "DEDUP_EXPIRY"):
+        if name not in ("META", "SYSTEMS", "SYSTEM_TOKENS", "DEDUP_GENS"):
             assert items == [], name
 
 
@@ -210,12 +225,51 @@ def test_dedup(store: KvStore) -> None:
     # its new record is the one that counts
     again = one(store, publish(1, received_ms=12_000), 12_000)
     assert again == PublishResult(transaction_id="t2", mailboxes=1, duplicate=True)
-    assert one(store, Sweep(), 70_999) == SweepResult()
-    swept = one(store, Sweep(), 71_000)
-    assert isinstance(swept, SweepResult)
-    assert swept.purged_dedup == 1
-    assert dump(store)["DEDUP"] == []
-    assert dump(store)["DEDUP_EXPIRY"] == []
+    assert len(dump(store)["DEDUP_GENS"]) == 1  # one record per key
+    # past its window a record is never a duplicate, but it is purged with its generation
+    assert not published(one(store, publish(1, received_ms=71_000), 71_000)).duplicate
+    assert one(store, Sweep(), 71_000) == SweepResult()
+    assert one(store, Sweep(), GEN - 2) == SweepResult()
+    assert one(store, Sweep(), GEN - 1) == SweepResult(purged_dedup=1)
+    assert dump(store)["DEDUP_GENS"] == []
+
+
+def test_dedup_across_generations(store: KvStore) -> None:
+    setup(store)
+    # a window that ends in the next generation: live in both
+    one(store, publish(1, "mb1", received_ms=GEN - 10, window_ms=20), GEN - 10)
+    assert published(one(store, publish(1, received_ms=GEN - 5), GEN - 5)).duplicate
+    assert published(one(store, publish(1, received_ms=GEN + 5), GEN + 5)).duplicate
+    assert not published(one(store, publish(1, received_ms=GEN + 10), GEN + 10)).duplicate
+    # an expired record in a generation still probed is replaced, not left beside the new one
+    one(store, publish(2, "mb1", received_ms=GEN + 10, window_ms=10), GEN + 10)
+    fresh = one(store, replace(publish(2, received_ms=GEN + 30), transaction_id="t9"), GEN + 30)
+    assert not published(fresh).duplicate
+    assert len(dump(store)["DEDUP_GENS"]) == 2
+    later = one(store, publish(2, received_ms=GEN + 31), GEN + 31)
+    assert later == PublishResult(transaction_id="t9", mailboxes=0, duplicate=True)
+    # a generation goes once all of its records expired (these expire in generation 1)
+    one(store, publish(3, received_ms=GEN + 40, window_ms=GEN), GEN + 40)  # generation 2
+    assert one(store, Sweep(), 2 * GEN - 2) == SweepResult()
+    assert one(store, Sweep(max_items=1), 2 * GEN - 1) == SweepResult(purged_dedup=1, more=True)
+    assert one(store, Sweep(), 2 * GEN - 1) == SweepResult(purged_dedup=1)
+    assert published(one(store, publish(3), 2 * GEN + 39)).duplicate
+    assert one(store, Sweep(), 3 * GEN) == SweepResult(purged_dedup=1)
+
+
+def test_dedup_keys_are_compact(store: KvStore) -> None:
+    setup(store)
+    tid = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    one(store, replace(publish(1, "mb1", key=b"s\0" + b"b" * 36), transaction_id=tid))
+    one(store, replace(publish(2, "mb1"), transaction_id="not-a-uuid"))
+    (key, raw), (_, text) = sorted(dump(store)["DEDUP_GENS"], key=lambda item: item[1][0])
+    assert len(key) == 20  # generation u32 + 16 bytes of hash
+    assert len(raw) == 29  # version, expires u64, mailboxes u32, 16-byte UUID
+    assert len(text) == 13 + len("not-a-uuid")
+    dup = one(store, publish(1, key=b"s\0" + b"b" * 36))
+    assert dup == PublishResult(transaction_id=tid, mailboxes=1, duplicate=True)
+    dup = one(store, publish(2))
+    assert dup == PublishResult(transaction_id="not-a-uuid", mailboxes=1, duplicate=True)
 
 
 def test_dedup_within_one_batch(store: KvStore) -> None:
@@ -521,3 +575,285 @@ def test_unexpected_error_aborts_the_whole_batch(
     assert dump(store) == before
     monkeypatch.undo()
     assert [d.seq for d in leased(store)] == [1]
+
+
+# ----------------------------------------------------------------------------- tilladt modtager
+
+
+def test_tilladt_modtager_travels_with_the_delivery(store: KvStore) -> None:
+    setup(
+        store,
+        CreateMailbox(id="mb1", owner="sys", name="one", max_deliveries=2),
+        CreateMailbox(id="mb2", owner="sys", name="two"),
+    )
+    tm = ("urn:oio:cvr-nr:29189846", "urn:oio:cvr-nr:11111111")
+    op = replace(publish(1), routes=(Route("mb1", "sub-mb1", tm), Route("mb2", "sub-mb2")))
+    assert Route("mb1", "s") == Route("mb1", "s", None)  # the third field is optional
+    one(store, op)
+    (first,) = leased(store)
+    assert first.tilladt_modtager == tm
+    assert store.get_leased("mb1", first.delivery_id, 1_000) == first
+    got = one(store, Lease(mailbox_id="mb2", max=1, lease_ms=1), 1_000)
+    assert isinstance(got, list)
+    assert got[0].tilladt_modtager is None
+    # through a nack, an expired lease, the dead letters, a requeue, an ack and a replay
+    one(store, Nack(mailbox_id="mb1", delivery_ids=(first.delivery_id,)))
+    (again,) = leased(store, lease_ms=10)
+    assert (again.attempt, again.tilladt_modtager) == (2, tm)
+    assert one(store, Sweep(), 1_010) == SweepResult(expired_leases=2, dead_lettered=1)
+    (dead,) = store.list_dead("mb1")
+    assert dead.tilladt_modtager == tm
+    assert one(store, RequeueDead(mailbox_id="mb1")) == 1
+    (requeued,) = leased(store, 1_010)
+    assert requeued.tilladt_modtager == tm
+    one(store, Ack(mailbox_id="mb1", delivery_ids=(requeued.delivery_id,)), 1_010)
+    assert one(store, Replay(mailbox_id="mb1"), 1_010) == 1
+    (replayed,) = leased(store, 1_010)
+    assert (replayed.attempt, replayed.tilladt_modtager) == (1, tm)
+    # an empty list is kept apart from None
+    one(store, replace(publish(2), routes=(Route("mb1", "sub-mb1", ()),)))
+    one(store, Ack(mailbox_id="mb1", delivery_ids=(replayed.delivery_id,)), 1_010)
+    (empty,) = leased(store, 1_010)
+    assert empty.tilladt_modtager == ()
+
+
+def test_tilladt_modtager_none_costs_nothing(store: KvStore) -> None:
+    setup(store)
+    one(store, publish(1, "mb1"))
+    ((_, raw),) = dump(store)["READY"]
+    assert raw == b"\x01\x92\x00\xa7sub-mb1"  # version, [attempt, subscription id]
+
+
+# ----------------------------------------------------------------------------- subscriptions
+
+
+def test_update_subscription(store: KvStore) -> None:
+    setup(store)
+    created = store.get_subscription("sub-mb1")
+    assert created is not None
+    same = one(store, UpdateSubscription(id="sub-mb1", mailbox_id="mb1"))
+    assert same == created
+    off = one(store, UpdateSubscription(id="sub-mb1", mailbox_id="mb1", active=False))
+    assert off == replace(created, active=False)
+    expr = one(
+        store,
+        UpdateSubscription(
+            id="sub-mb1", mailbox_id="mb1", expression="a = 'b'", message_types=("X", "y")
+        ),
+    )
+    assert expr == replace(created, active=False, expression="a = 'b'", message_types=("x", "y"))
+    assert store.get_subscription("sub-mb1") == expr
+    assert store.list_subscriptions("mb1") == [expr]
+    cleared = one(store, UpdateSubscription(id="sub-mb1", mailbox_id="mb1", expression=None))
+    assert isinstance(cleared, SubscriptionRecord)
+    assert (cleared.expression, cleared.active, cleared.message_types) == (None, False, ("x", "y"))
+    assert one(store, UpdateSubscription(id="sub-mb1", mailbox_id="mb1", active=True)) == replace(
+        cleared, active=True
+    )
+    before = dump(store)
+    for bad in (
+        UpdateSubscription(id="sub-mb1", mailbox_id="mb2", active=False),
+        UpdateSubscription(id="nope", mailbox_id="mb1", active=False),
+        UpdateSubscription(id="sub-mb1", mailbox_id="zz", active=False),
+    ):
+        assert isinstance(one(store, bad), NotFound)
+    assert dump(store) == before
+
+
+def test_update_subscription_round_trips_as_an_op() -> None:
+    op = UpdateSubscription(id="s", mailbox_id="m", active=False)
+    raw = msgspec.msgpack.encode(op)
+    assert b"expression" not in raw  # UNSET is left out
+    assert msgspec.msgpack.decode(raw, type=UpdateSubscription) == op
+    assert op.expression is UNSET
+    cleared = msgspec.msgpack.decode(
+        msgspec.msgpack.encode(UpdateSubscription(id="s", mailbox_id="m", expression=None)),
+        type=UpdateSubscription,
+    )
+    assert isinstance(cleared, UpdateSubscription)
+    assert cleared.expression is None
+
+
+# ----------------------------------------------------------------------------- documents
+
+
+def test_documents(store: KvStore) -> None:
+    assert one(store, PutDoc(kind="mt", id="b", value=b"two")) is None
+    assert one(store, PutDoc(kind="mt", id="a", value=b"one")) is None
+    assert one(store, PutDoc(kind="mtx", id="a", value=b"other kind")) is None
+    assert one(store, PutDoc(kind="m", id="ta", value=b"prefix of another kind")) is None
+    assert store.get_doc("mt", "a") == b"one"
+    assert store.get_doc("mt", "c") is None
+    assert store.list_docs("mt") == [("a", b"one"), ("b", b"two")]
+    assert store.list_docs("m") == [("ta", b"prefix of another kind")]
+    assert store.list_docs("none") == []
+    before = dump(store)
+    conflict = one(store, PutDoc(kind="mt", id="a", value=b"new", if_absent=True))
+    assert isinstance(conflict, Conflict)
+    assert conflict.code == "conflict"
+    assert dump(store) == before
+    assert one(store, PutDoc(kind="mt", id="c", value=b"", if_absent=True)) is None
+    assert store.get_doc("mt", "c") == b""
+    assert one(store, PutDoc(kind="mt", id="a", value=b"replaced")) is None
+    assert store.get_doc("mt", "a") == b"replaced"
+    assert one(store, DeleteDoc(kind="mt", id="a")) is True
+    assert one(store, DeleteDoc(kind="mt", id="a")) is False
+    assert one(store, DeleteDoc(kind="", id="a")) is False
+    assert store.list_docs("mt") == [("b", b"two"), ("c", b"")]
+    # names that cannot be stored: refused on write, absent on read
+    for kind, doc_id, path in (("", "a", "$.kind"), ("k" * 51, "a", "$.kind"), ("mt", "", "$.id")):
+        bad = one(store, PutDoc(kind=kind, id=doc_id, value=b"x"))
+        assert isinstance(bad, InvalidInput)
+        assert bad.path == path
+        assert store.get_doc(kind, doc_id) is None
+    assert store.list_docs("") == []
+
+
+def test_documents_in_id_order(store: KvStore) -> None:
+    ids = ["b", "a", "ab", "Z", "æ", "0", "a" * 255]
+    store.apply([PutDoc(kind="k", id=i, value=i.encode()) for i in ids], 1)
+    assert [i for i, _ in store.list_docs("k")] == sorted(ids)
+
+
+# ----------------------------------------------------------------------------- sets
+
+
+def test_sets(store: KvStore) -> None:
+    change = SetChange(kind="vl", id="cpr", add=("0101010101", "0202020202", "0101010101"))
+    assert one(store, change) == SetChangeResult(added=2, removed=0)
+    assert one(store, change) == SetChangeResult(added=0, removed=0)
+    assert store.set_members("vl", "cpr") == ["0101010101", "0202020202"]
+    assert store.set_size("vl", "cpr") == 2
+    assert store.set_contains("vl", "cpr", "0101010101")
+    assert not store.set_contains("vl", "cpr", "0303030303")
+    assert not store.set_contains("vl", "other", "0101010101")
+    # remove before add: a member named in both ends up present
+    both = SetChange(kind="vl", id="cpr", add=("x", "0202020202"), remove=("0202020202", "nope"))
+    assert one(store, both) == SetChangeResult(added=2, removed=1)
+    assert store.set_members("vl", "cpr") == ["0101010101", "0202020202", "x"]
+    assert store.set_size("vl", "cpr") == 3
+    # clear first, then remove, then add
+    replaced = SetChange(kind="vl", id="cpr", add=("y", "x"), remove=("y",), clear=True)
+    assert one(store, replaced) == SetChangeResult(added=2, removed=3)
+    assert store.set_members("vl", "cpr") == ["x", "y"]
+    # sets of another id or kind are apart, even when one name is a prefix of another
+    one(store, SetChange(kind="vl", id="cp", add=("r",)))
+    one(store, SetChange(kind="v", id="lcpr", add=("q",)))
+    assert store.set_members("vl", "cpr") == ["x", "y"]
+    assert store.set_members("vl", "cp") == ["r"]
+    # an emptied set is gone
+    assert one(store, SetChange(kind="vl", id="cpr", clear=True)) == SetChangeResult(0, 2)
+    assert (store.set_size("vl", "cpr"), store.set_members("vl", "cpr")) == (0, [])
+    assert dump(store)["SET_SIZES"] == [(k.set_prefix("v", "lcpr"), k.encode_int(1)),
+                                        (k.set_prefix("vl", "cp"), k.encode_int(1))]  # fmt: skip
+    assert one(store, SetChange(kind="vl", id="cpr", clear=True)) == SetChangeResult(0, 0)
+
+
+def test_set_refused(store: KvStore) -> None:
+    one(store, SetChange(kind="vl", id="s", add=("a",)))
+    before = dump(store)
+    for op, path in (
+        (SetChange(kind="vl", id="s", add=("b", "")), "$.add"),
+        (SetChange(kind="vl", id="s", remove=("x" * 201,), clear=True), "$.remove"),
+        (SetChange(kind="", id="s", add=("b",)), "$.kind"),
+        (SetChange(kind="vl", id="", add=("b",)), "$.id"),
+    ):
+        bad = one(store, op)
+        assert isinstance(bad, InvalidInput), op
+        assert bad.path == path
+    assert dump(store) == before
+    assert not store.set_contains("vl", "s", "")
+    assert not store.set_contains("", "s", "a")
+    assert store.set_members("vl", "") == []
+    assert store.set_size("", "") == 0
+
+
+def test_big_set_changes_incrementally(store: KvStore) -> None:
+    members = [f"{n:010d}" for n in range(20_000)]
+    result = one(store, SetChange(kind="vl", id="big", add=tuple(reversed(members))))
+    assert result == SetChangeResult(added=20_000, removed=0)
+    assert store.set_size("vl", "big") == 20_000
+    assert store.set_members("vl", "big") == members
+    small = SetChange(kind="vl", id="big", add=("x",), remove=(members[5], "absent"))
+    assert one(store, small) == SetChangeResult(added=1, removed=1)
+    assert store.set_size("vl", "big") == 20_000
+    assert not store.set_contains("vl", "big", members[5])
+    assert one(store, SetChange(kind="vl", id="big", clear=True)) == SetChangeResult(0, 20_000)
+    assert dump(store)["SETS"] == []
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    changes=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from("abcdef"), max_size=4),
+            st.lists(st.sampled_from("abcdef"), max_size=4),
+            st.booleans(),
+        ),
+        max_size=8,
+    )
+)
+def test_sets_match_a_python_set(
+    store: KvStore, changes: list[tuple[list[str], list[str], bool]]
+) -> None:
+    set_id = f"s{next(_COUNTER)}"  # the store fixture is shared by the examples
+    model: set[str] = set()
+    for add, remove, clear in changes:
+        kept = (set() if clear else model) - set(remove)
+        want = SetChangeResult(added=len(set(add) - kept), removed=len(model) - len(kept))
+        model = kept | set(add)
+        op = SetChange(kind="p", id=set_id, add=tuple(add), remove=tuple(remove), clear=clear)
+        assert one(store, op) == want
+        assert store.set_members("p", set_id) == sorted(model)
+        assert store.set_size("p", set_id) == len(model)
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+def test_audit_log(store: KvStore) -> None:
+    assert one(store, AppendAudit(events=(b"a1", b"a2")), 1_000) == 2
+    assert one(store, AppendAudit(events=()), 1_500) == 0
+    outcome = store.apply([AppendAudit(events=(b"b1",)), AppendAudit(events=(b"b2",))], 2_000)
+    assert outcome.results == [1, 1]
+    one(store, AppendAudit(events=(b"c1",)), 3_000)
+    everything = store.scan_audit(0, None, 100)
+    assert [event for _, event in everything] == [b"a1", b"a2", b"b1", b"b2", b"c1"]
+    keys = [key for key, _ in everything]
+    assert keys == sorted(keys) and len(set(keys)) == 5
+    assert [k.parse_audit_key(key) for key in keys] == [
+        (1_000, 1), (1_000, 2), (2_000, 3), (2_000, 4), (3_000, 5)
+    ]  # fmt: skip
+    # a time range, paged with ``after``
+    assert [e for _, e in store.scan_audit(1_001, 3_000, 100)] == [b"b1", b"b2"]
+    page = store.scan_audit(0, None, 2)
+    assert [e for _, e in page] == [b"a1", b"a2"]
+    page = store.scan_audit(0, None, 2, after=page[-1][0])
+    assert [e for _, e in page] == [b"b1", b"b2"]
+    page = store.scan_audit(0, None, 2, after=page[-1][0])
+    assert [e for _, e in page] == [b"c1"]
+    assert store.scan_audit(0, None, 2, after=page[-1][0]) == []
+    assert store.scan_audit(2_000, 2_000, 10) == []
+    assert store.scan_audit(0, None, 0) == []
+    assert store.scan_audit(-5, 1 << 70, 1) == everything[:1]
+    # a clock that goes back still gets unique keys, in time order
+    one(store, AppendAudit(events=(b"early",)), 500)
+    assert store.scan_audit(0, None, 1)[0][1] == b"early"
+
+
+def test_audit_retention(store: KvStore) -> None:
+    day = 24 * 3600 * 1000
+    one(store, AppendAudit(events=(b"old", b"old2")), 1_000)
+    one(store, AppendAudit(events=(b"new",)), 2_000)
+    assert Sweep().audit_retention_ms == 90 * day
+    assert one(store, Sweep(), 90 * day + 1_000) == SweepResult()
+    assert one(store, Sweep(max_items=1), 90 * day + 1_001) == SweepResult(
+        purged_audit=1, more=True
+    )
+    assert one(store, Sweep(audit_retention_ms=10), 1_500) == SweepResult(purged_audit=1)
+    assert [e for _, e in store.scan_audit(0, None, 10)] == [b"new"]
+    bad = one(store, Sweep(audit_retention_ms=-1), 1_500)
+    assert isinstance(bad, InvalidInput)
+    assert bad.path == "$.audit_retention_ms"

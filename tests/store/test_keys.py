@@ -81,3 +81,58 @@ def test_long_dedup_keys_are_hashed() -> None:
     long = k.normalize_dedup_key(b"x" * 256)
     assert len(long) < 64
     assert long != k.normalize_dedup_key(b"x" * 257)
+
+
+def test_dedup_ids() -> None:
+    sender = b"5b8ad3d1-92b2-4b2a-9a1f-63b6f1d0c2f7\x00"
+    ids = [sender + f"00000000-0000-7000-8000-{n:012d}".encode() for n in range(3)]
+    hashed = [k.dedup_hash(key) for key in ids]
+    assert [len(h) for h in hashed] == [24, 24, 24]
+    assert hashed == sorted(hashed)  # time-ordered BeskedIds stay in order
+    assert len({h[:8] for h in hashed}) == 1
+    assert k.dedup_hash(b"other\x00" + ids[0][-36:]) != hashed[0]  # another sender
+    # anything else: 16 bytes of hash (an upper-case UUID is not the canonical form)
+    assert len(k.dedup_hash(sender + b"0F8FAD5B-D9CB-469F-A165-70867728950E")) == 16
+    assert len(k.dedup_hash(sender + b"0f8fad5b-d9cb-469f-a165-70867728950e")) == 24
+    assert len(k.dedup_hash(b"sys/17")) == 16
+    assert k.dedup_hash(b"x" * 300) == k.dedup_hash(k.normalize_dedup_key(b"x" * 300))
+
+
+def test_dedup_records_round_trip() -> None:
+    tid = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    uuid_form = k.encode_dedup(tid, 3, 1 << 40)
+    assert (uuid_form[0], len(uuid_form)) == (k.DEDUP_UUID, 29)
+    assert k.decode_dedup(uuid_form) == k.DedupValue(tid, 3, 1 << 40)
+    assert k.dedup_expires(uuid_form) == 1 << 40
+    for text in ("tx-1", tid.upper(), "", "æøå"):
+        raw = k.encode_dedup(text, 0, 5)
+        assert raw[0] == k.DEDUP_TEXT
+        assert k.decode_dedup(raw) == k.DedupValue(text, 0, 5)
+    legacy = k.encode_value(k.DedupValue("tx", 1, 7))  # format 1: msgpack, value version 1
+    assert k.decode_dedup(legacy) == k.DedupValue("tx", 1, 7)
+    assert k.dedup_expires(legacy) == 7
+    with pytest.raises(StoreError, match="value version 9"):
+        k.decode_dedup(b"\x09" + uuid_form[1:])
+    with pytest.raises(StoreError, match="corrupt"):
+        k.decode_dedup(uuid_form[:5])
+
+
+def test_delivery_values_leave_out_a_none_tm() -> None:
+    assert k.delivery_value(0, "s", None) == b"\x01\x92\x00\xa1s"  # [0, "s"], as format 1
+    assert k.encode_value(k.ReadyValue(0, "s")) == b"\x01\x93\x00\xa1s\xc0"  # [0, "s", nil]
+    raw = k.delivery_value(1, "s", 9, ("a",))
+    assert k.decode_value(raw, k.FlightValue) == k.FlightValue(1, "s", 9, ("a",))
+    assert k.decode_value(k.delivery_value(1, "s", 9, None), k.FlightValue).tm is None
+
+
+def test_other_keys() -> None:
+    assert k.parse_audit_key(k.audit_key(5, 7)) == (5, 7)
+    start, end = k.doc_range("mt")
+    assert start <= k.doc_key("mt", "\U0010ffff" * 60) < end
+    assert not start <= k.doc_key("mtx", "a") < end
+    prefix = k.set_prefix("vl", "id")
+    lo, hi = k.set_range(prefix)
+    assert lo < k.set_member_key(prefix, "\U0010ffff" * 50) < hi
+    assert k.decode_doc(k.encode_doc(b"x")) == b"x"
+    with pytest.raises(StoreError, match="value version 2"):
+        k.decode_doc(b"\x02x")

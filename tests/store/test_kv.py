@@ -88,3 +88,32 @@ def test_append_out_of_order_is_an_error(kv: KvEnv) -> None:
 def test_empty_key_is_refused(kv: KvEnv) -> None:
     with pytest.raises(StoreError), kv.write() as txn:
         txn.put(0, b"", b"1")
+
+
+def test_put_sorted_appends_when_it_can(kv: KvEnv) -> None:
+    with kv.write() as txn:
+        txn.put_sorted(0, [(b"b", b"1"), (b"c", b"2")])  # empty db: append
+        txn.put_sorted(0, [(b"d", b"3")])  # after every key: append
+        txn.put_sorted(0, [(b"a", b"0"), (b"e", b"4")])  # not after: an ordinary put
+        txn.put_sorted(0, [(b"e", b"5")])  # equal to the last key: an ordinary put
+        txn.put_sorted(0, [])
+    with kv.read() as txn:
+        assert txn.scan(0, b"\x00") == [
+            (b"a", b"0"),
+            (b"b", b"1"),
+            (b"c", b"2"),
+            (b"d", b"3"),
+            (b"e", b"5"),
+        ]
+
+
+def test_add_many_get_found_and_delete_many_count(kv: KvEnv) -> None:
+    with kv.write() as txn:
+        assert txn.add_many(0, [(b"a", b"1"), (b"c", b"1")]) == 2
+        assert txn.add_many(0, [(b"a", b"2"), (b"b", b"2"), (b"c", b"2")]) == 1
+        assert txn.add_many(0, []) == 0
+        assert txn.get_found(0, [b"a", b"x", b"b"]) == [(b"a", b"1"), (b"b", b"2")]
+        assert txn.delete_many(0, [b"a", b"x", b"a"]) == 1
+    with kv.read() as txn:
+        assert txn.scan(0, b"\x00") == [(b"b", b"2"), (b"c", b"1")]
+        assert txn.get_found(0, []) == []

@@ -7,6 +7,11 @@ run with a controlled clock against each backend. After every step the whole sto
 (or is purged); time indexes match their records; a body exists exactly while some delivery
 record refers to it, with the right reference count. Results of every op (lease order = seq
 order, ack failures, sweep counts, ApplyOutcome.ready) must equal the model's.
+
+The model knows the storage choices that show in results and content: dedup records live in
+generations of ``DEDUP_GEN_MS`` (the clock starts just before a generation boundary) and are
+purged a whole generation at a time,. Deliveries carry a random TilladtModtager list (or None) through every
+state.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from uuid import uuid4
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -44,9 +50,12 @@ from store import (
     parse_delivery_id,
 )
 from store import keys as k
-from store.keys import Db
+from store.keys import DEDUP_GEN_MS, Db
 
 RETENTION_MS = 1_000
+#: the clock starts here: dedup windows and sweeps cross the boundary of generations 0 and 1
+START_MS = DEDUP_GEN_MS - 4_000
+TM = st.sampled_from([None, None, (), ("urn:oio:cvr-nr:11111111",), ("a", "b")])
 #: mailbox id -> (strict, max_deliveries)
 BOXES = {"a": (False, 3), "b": (True, 2), "c": (False, 1)}
 MAILBOX = st.sampled_from([*BOXES, "gone"])
@@ -57,6 +66,7 @@ class Rec:
     state: str  # ready | flight | copy | dead
     attempt: int
     sub: str
+    tm: tuple[str, ...] | None = None
     time: int = 0  # lease deadline (flight), retention end (copy, dead)
     reason: str = ""
 
@@ -77,12 +87,13 @@ class Model:
     """What the store should hold, kept the simplest way."""
 
     def __init__(self) -> None:
-        self.now = 0
+        self.now = START_MS
         self.boxes: dict[str, Box] = {}
         self.next_num = 1
         self.next_seq = 1
         self.bodies: dict[int, tuple[int, bytes]] = {}
-        self.dedup: dict[bytes, tuple[str, int, int]] = {}
+        #: (generation, dedup key) -> (transaction id, mailboxes, expires)
+        self.dedup: dict[tuple[int, bytes], tuple[str, int, int]] = {}
         self.ready: set[str] = set()
 
     def create(self, mailbox_id: str) -> None:
@@ -97,24 +108,35 @@ class Model:
         return True
 
     def publish(self, op: Publish) -> PublishResult:
-        if op.dedup_key:
-            prior = self.dedup.get(op.dedup_key)
-            if prior is not None and prior[2] > self.now:
+        # the record of a key in a generation at or after gen(now) (at most one): the one probed
+        probed = [
+            (gen, key)
+            for gen, key in self.dedup
+            if key == op.dedup_key and gen >= k.dedup_gen(self.now)
+        ]
+        assert len(probed) <= 1
+        if op.dedup_key and probed:
+            prior = self.dedup[probed[0]]
+            if prior[2] > self.now:
                 return PublishResult(transaction_id=prior[0], mailboxes=prior[1], duplicate=True)
-        targets: dict[str, str] = {}
+        targets: dict[str, Route] = {}
         for route in op.routes:
             if route.mailbox_id in self.boxes:
-                targets.setdefault(route.mailbox_id, route.subscription_id)
+                targets.setdefault(route.mailbox_id, route)
         if targets:
             seq = self.next_seq
             self.next_seq += 1
             self.bodies[seq] = (op.received_ms, op.body)
-            for mailbox_id, sub in targets.items():
-                self.boxes[mailbox_id].recs[seq] = Rec("ready", 0, sub)
+            for mailbox_id, route in targets.items():
+                rec = Rec("ready", 0, route.subscription_id, route.tilladt_modtager)
+                self.boxes[mailbox_id].recs[seq] = rec
                 self.ready.add(mailbox_id)
         if op.dedup_key:
+            for stale in probed:
+                del self.dedup[stale]  # expired, replaced
             expires = op.received_ms + op.dedup_window_ms
-            self.dedup[op.dedup_key] = (op.transaction_id, len(targets), expires)
+            record = (op.transaction_id, len(targets), expires)
+            self.dedup[k.dedup_gen(expires), op.dedup_key] = record
         return PublishResult(
             transaction_id=op.transaction_id, mailboxes=len(targets), duplicate=False
         )
@@ -138,6 +160,7 @@ class Model:
                     received_ms=received,
                     body=body,
                     leased_until_ms=rec.time,
+                    tilladt_modtager=rec.tm,
                 )
             )
         return out
@@ -203,10 +226,13 @@ class Model:
                 del by_num[num].recs[seq]
                 counts[name] += 1
                 counts["bodies_deleted"] += self.release(seq)
-        dedup = sorted((exp, key) for key, (_, _, exp) in self.dedup.items() if exp <= self.now)
+        cutoff = (self.now + 1) // DEDUP_GEN_MS  # generations before it have wholly expired
+        dedup = sorted(
+            ((gen, k.dedup_hash(key)), (gen, key)) for gen, key in self.dedup if gen < cutoff
+        )
         more = more or len(dedup) > limit
-        for _, key in dedup[:limit]:
-            del self.dedup[key]
+        for _, record_key in dedup[:limit]:
+            del self.dedup[record_key]
         return SweepResult(**counts, purged_dedup=min(len(dedup), limit), more=more)
 
     def requeue_dead(self, box: Box, op: RequeueDead) -> int:
@@ -281,7 +307,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.last_ready: frozenset[str] = frozenset()
         creates: list[Op] = [CreateSystem(id="sys", name="System", token_hash=b"t")]
         creates += [self.create_op(mailbox_id) for mailbox_id in BOXES]
-        self.store.apply(creates, 0)
+        self.store.apply(creates, START_MS)
         for mailbox_id in BOXES:
             self.model.create(mailbox_id)
 
@@ -320,9 +346,9 @@ class Lifecycle(RuleBasedStateMachine):
                 return Publish(
                     sender="sys",
                     dedup_key=data.draw(st.sampled_from([b"", b"k1", b"k2", b"k3"])),
-                    transaction_id=f"t{self.tx}",
+                    transaction_id=data.draw(st.sampled_from([f"t{self.tx}", str(uuid4())])),
                     body=b'{"n":%d}' % self.tx,
-                    routes=tuple(Route(m, f"sub-{m}-{self.tx}") for m in to),
+                    routes=tuple(Route(m, f"sub-{m}-{self.tx}", data.draw(TM)) for m in to),
                     received_ms=now,
                     dedup_window_ms=data.draw(st.sampled_from([0, 500, 5_000])),
                 )
@@ -386,10 +412,10 @@ class Lifecycle(RuleBasedStateMachine):
         for box in model.boxes.values():
             for seq, rec in box.recs.items():
                 db = _STATE_DB[rec.state]
-                want[db][box.num, seq] = (rec.attempt, rec.sub, rec.time, rec.reason)
-        want[Db.READY] = {key: v[:2] for key, v in want[Db.READY].items()}
-        want[Db.IN_FLIGHT] = {key: v[:3] for key, v in want[Db.IN_FLIGHT].items()}
-        want[Db.COPY] = {key: v[:3] for key, v in want[Db.COPY].items()}
+                want[db][box.num, seq] = (rec.attempt, rec.sub, rec.tm, rec.time, rec.reason)
+        want[Db.READY] = {key: v[:3] for key, v in want[Db.READY].items()}
+        want[Db.IN_FLIGHT] = {key: v[:4] for key, v in want[Db.IN_FLIGHT].items()}
+        want[Db.COPY] = {key: v[:4] for key, v in want[Db.COPY].items()}
         assert have == want
         # each delivery is in exactly one state
         keys = [key for records in have.values() for key in records]
@@ -397,7 +423,7 @@ class Lifecycle(RuleBasedStateMachine):
         # the time indexes match their records
         index = {db: {k.parse_time_key(key) for key, _ in got[db]} for db in _INDEX_OF}
         for db, records in _INDEX_OF.items():
-            assert index[db] == {(v[2], *key) for key, v in have[records].items()}
+            assert index[db] == {(v[3], *key) for key, v in have[records].items()}
         # a body exists exactly while referenced, with the right reference count
         refs: dict[int, int] = {}
         for key in keys:
@@ -406,14 +432,13 @@ class Lifecycle(RuleBasedStateMachine):
         assert bodies == model.bodies
         assert set(bodies) == set(refs)
         assert {int.from_bytes(key, "big"): k.decode_ref(raw) for key, raw in got[Db.REFS]} == refs
-        # dedup records and their expiry index
-        dedup = {key: k.decode_value(raw, k.DedupValue) for key, raw in got[Db.DEDUP]}
-        assert {
-            key: (v.transaction_id, v.mailboxes, v.expires_ms) for key, v in dedup.items()
-        } == model.dedup
-        assert {key for key, _ in got[Db.DEDUP_EXPIRY]} == {
-            k.dedup_expiry_key(exp, key) for key, (_, _, exp) in model.dedup.items()
+        # dedup records, by generation and hash
+        dedup = {key: k.decode_dedup(raw) for key, raw in got[Db.DEDUP_GENS]}
+        assert {key: (v.transaction_id, v.mailboxes, v.expires_ms) for key, v in dedup.items()} == {
+            k.dedup_key_of(gen, k.dedup_hash(key)): record
+            for (gen, key), record in model.dedup.items()
         }
+        assert got[Db.DEDUP] == got[Db.DEDUP_EXPIRY] == []
         # counters: exactly one per existing mailbox, equal to mailbox_stats and the model
         assert {int.from_bytes(key, "big") for key, _ in got[Db.COUNTERS]} == {
             box.num for box in model.boxes.values()
@@ -442,14 +467,14 @@ _INDEX_OF = {Db.LEASE_EXPIRY: Db.IN_FLIGHT, Db.COPY_EXPIRY: Db.COPY, Db.DEAD_EXP
 def _deliveries(
     got: dict[Db, list[tuple[bytes, bytes]]],
 ) -> dict[Db, dict[tuple[int, int], tuple[object, ...]]]:
-    """The delivery records of a dump as {(num, seq): (attempt, sub[, time[, reason]])}."""
+    """The delivery records of a dump as {(num, seq): (attempt, sub, tm[, time[, reason]])}."""
     out: dict[Db, dict[tuple[int, int], tuple[object, ...]]] = {db: {} for db in _STATE_DB.values()}
     for key, raw in got[Db.READY]:
         ready = k.decode_value(raw, k.ReadyValue)
-        out[Db.READY][k.parse_delivery_key(key)] = (ready.attempt, ready.subscription_id)
+        out[Db.READY][k.parse_delivery_key(key)] = (ready.attempt, ready.subscription_id, ready.tm)
     for key, raw in got[Db.IN_FLIGHT]:
         flight = k.decode_value(raw, k.FlightValue)
-        value = (flight.attempt, flight.subscription_id, flight.deadline_ms)
+        value = (flight.attempt, flight.subscription_id, flight.tm, flight.deadline_ms)
         out[Db.IN_FLIGHT][k.parse_delivery_key(key)] = value
     for key, raw in got[Db.COPY]:
         copy = k.decode_value(raw, k.CopyValue)
@@ -457,14 +482,35 @@ def _deliveries(
         out[Db.COPY][k.parse_delivery_key(key)] = (
             copy.attempt,
             copy.subscription_id,
+            copy.tm,
             copy.expires_ms,
         )
     for key, raw in got[Db.DEAD]:
         dead = k.decode_value(raw, k.DeadValue)
         assert dead.dead_ms + RETENTION_MS == dead.expires_ms
-        value4 = (dead.attempt, dead.subscription_id, dead.expires_ms, dead.reason)
-        out[Db.DEAD][k.parse_delivery_key(key)] = value4
+        value5 = (dead.attempt, dead.subscription_id, dead.tm, dead.expires_ms, dead.reason)
+        out[Db.DEAD][k.parse_delivery_key(key)] = value5
+    # a None TilladtModtager costs nothing: the value simply has one element fewer
+    for db in _STATE_DB.values():
+        for _, raw in got[db]:
+            assert (raw[1] & 0x0F) == len(_FIELDS[db]) - (1 if _tm_is_none(db, raw) else 0)
     return out
+
+
+_TYPES: dict[Db, type[k.ReadyValue | k.FlightValue | k.CopyValue | k.DeadValue]] = {
+    Db.READY: k.ReadyValue,
+    Db.IN_FLIGHT: k.FlightValue,
+    Db.COPY: k.CopyValue,
+    Db.DEAD: k.DeadValue,
+}
+_FIELDS = {db: kind.__struct_fields__ for db, kind in _TYPES.items()}
+
+
+def _tm_is_none(db: Db, raw: bytes) -> bool:
+    value: k.ReadyValue | k.FlightValue | k.CopyValue | k.DeadValue = k.decode_value(
+        raw, _TYPES[db]
+    )
+    return value.tm is None
 
 
 _KINDS = (

@@ -12,14 +12,17 @@ from broker.errors import StoreError
 from store import (
     FORMAT_VERSION,
     Ack,
+    AppendAudit,
     CreateMailbox,
     Lease,
     LmdbStore,
     MailboxRecord,
     MemoryStore,
+    SetChange,
     open_store,
 )
-from store.keys import DB_NAMES, META_FORMAT, encode_format
+from store import keys as k
+from store.keys import DB_NAMES, META_FORMAT, Db, encode_format
 
 
 def test_reopen_keeps_everything(tmp_path: Path) -> None:
@@ -27,6 +30,7 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
     first = LmdbStore(path, map_size=TEST_MAP_SIZE)
     setup(first)
     first.apply([publish(n, "mb1", "mb2") for n in range(1, 4)], 1_000)
+    first.apply([AppendAudit(events=(b"e1", b"e2")), SetChange(kind="v", id="l", add=("a",))], 1)
     deliveries = one(first, Lease(mailbox_id="mb1", max=2, lease_ms=60_000))
     assert isinstance(deliveries, list)
     one(first, Ack(mailbox_id="mb1", delivery_ids=(deliveries[0].delivery_id,)))
@@ -47,6 +51,10 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
         assert isinstance(new, MailboxRecord)
         assert new.num == 3
         assert published(one(again, publish(1, "mb1"))).duplicate
+        # the audit counter continues from meta too; sets keep their size
+        one(again, AppendAudit(events=(b"e3",)), 1)
+        assert [k.parse_audit_key(key)[1] for key, _ in again.scan_audit(0, None, 9)] == [1, 2, 3]
+        assert again.set_size("v", "l") == 1
     finally:
         again.close()
 
@@ -63,7 +71,9 @@ def test_newer_format_is_refused(tmp_path: Path) -> None:
     LmdbStore(tmp_path, map_size=TEST_MAP_SIZE).close()
     _write_format(tmp_path, encode_format(FORMAT_VERSION + 1))
     with pytest.raises(
-        StoreError, match=r"format version 2 is newer than this build supports \(1\)"
+        StoreError,
+        match=rf"format version {FORMAT_VERSION + 1} is newer than this build supports "
+        rf"\({FORMAT_VERSION}\)",
     ):
         LmdbStore(tmp_path, map_size=TEST_MAP_SIZE)
     # the refused open closed its environment again: the path can be opened once fixed
@@ -130,3 +140,57 @@ def test_open_store(tmp_path: Path) -> None:
         assert repr(durable) == f"<LmdbStore {str(tmp_path / 'env')!r}>"
     finally:
         durable.close()
+
+
+def _as_format_1(path: Path, dedup: dict[bytes, k.DedupValue]) -> None:
+    """Rewrite a closed environment the way format 1 stored dedup records."""
+    env = lmdb.open(str(path), max_dbs=len(DB_NAMES) + 4, map_size=TEST_MAP_SIZE)
+    dbs = {db: env.open_db(DB_NAMES[db]) for db in Db}
+    with env.begin(write=True) as txn:
+        txn.drop(dbs[Db.DEDUP_GENS], delete=False)
+        for key, record in dedup.items():
+            stored = k.normalize_dedup_key(key)
+            txn.put(stored, k.encode_value(record), db=dbs[Db.DEDUP])
+            txn.put(k.dedup_expiry_key(record.expires_ms, stored), b"", db=dbs[Db.DEDUP_EXPIRY])
+        txn.put(META_FORMAT, encode_format(1), db=dbs[Db.META])
+    env.close()
+
+
+def test_format_1_is_upgraded(tmp_path: Path) -> None:
+    first = LmdbStore(tmp_path, map_size=TEST_MAP_SIZE)
+    setup(first)
+    first.apply([publish(n, "mb1") for n in range(1, 4)], 1_000)
+    deliveries = one(first, Lease(mailbox_id="mb1", max=1, lease_ms=60_000))
+    assert isinstance(deliveries, list)
+    first.close()
+    long_key = b"L" * 300
+    _as_format_1(
+        tmp_path,
+        {
+            b"key-1": k.DedupValue("tx-1", 1, 61_000),
+            long_key: k.DedupValue("0f8fad5b-d9cb-469f-a165-70867728950e", 2, 61_000),
+            b"old": k.DedupValue("tx-old", 1, 500),
+        },
+    )
+    again = LmdbStore(tmp_path, map_size=TEST_MAP_SIZE)
+    try:
+        assert again.statistics().format_version == FORMAT_VERSION
+        content = dump(again)
+        assert content["DEDUP"] == content["DEDUP_EXPIRY"] == []
+        assert len(content["DEDUP_GENS"]) == 3
+        assert content["META"][0] == (META_FORMAT, encode_format())
+        dup = published(one(again, publish(1, "mb1"), 2_000))
+        assert (dup.transaction_id, dup.mailboxes, dup.duplicate) == ("tx-1", 1, True)
+        dup = published(one(again, publish(9, "mb1", key=long_key), 2_000))
+        assert dup.transaction_id == "0f8fad5b-d9cb-469f-a165-70867728950e"
+        assert dup.duplicate
+        assert not published(one(again, publish(8, "mb1", key=b"old"), 2_000)).duplicate
+        # the deliveries written before read on: format-1 values lack only the optional tm
+        assert again.get_leased("mb1", "1-1", 2_000).tilladt_modtager is None
+        rest = one(again, Lease(mailbox_id="mb1", max=10, lease_ms=60_000), 2_000)
+        assert isinstance(rest, list)
+        assert [d.seq for d in rest] == [2, 3, 4]
+    finally:
+        again.close()
+    # and it stays upgraded
+    LmdbStore(tmp_path, map_size=TEST_MAP_SIZE).close()
