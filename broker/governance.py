@@ -8,6 +8,7 @@ in-memory :class:`~broker.registry.Registry`, so what routing sees is always on 
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from store.base import AppendAudit, Op, Store
 
 __all__ = ["Governance"]
 
+AUDIT_PAGE = 5000
 _audit_encoder = msgspec.msgpack.Encoder()
 _audit_decoder = msgspec.msgpack.Decoder(AuditEvent)
 
@@ -57,17 +59,19 @@ class Governance:
         return results
 
     def audit(self, query: AuditQuery) -> list[AuditEvent]:
-        """Newest first, at most ``query.limit``; scans the log's time window backwards in pages."""
-        since = query.since_ms or 0
-        rows = self.store.scan_audit(since, query.until_ms, 1_000_000)
-        out: list[AuditEvent] = []
-        for _, raw in reversed(rows):
-            event = _audit_decoder.decode(raw)
-            if matches(event, query):
-                out.append(event)
-                if len(out) >= query.limit:
-                    break
-        return out
+        """Newest first, at most ``query.limit``. Pages forward through the time window keeping
+        only the newest ``limit`` matches, so memory stays bounded by the limit and the page."""
+        newest: deque[AuditEvent] = deque(maxlen=query.limit)
+        after: bytes | None = None
+        while True:
+            page = self.store.scan_audit(query.since_ms or 0, query.until_ms, AUDIT_PAGE, after)
+            for _, raw in page:
+                event = _audit_decoder.decode(raw)
+                if matches(event, query):
+                    newest.append(event)
+            if len(page) < AUDIT_PAGE:
+                return list(reversed(newest))
+            after = page[-1][0]
 
     # ------------------------------------------------------------------ catalog (admin)
 

@@ -340,3 +340,20 @@ async def test_cli_governance_commands(governed: Api, capsys: pytest.CaptureFixt
     assert sent["mailboxes"] == 0 and sent["duplicate"] is False
     events = (await call("audit", "--action", "send.", tok=ADMIN_TOKEN))["events"]
     assert [e["action"] for e in events] == ["send.accepted"]
+
+
+async def test_audit_query_pages_and_keeps_the_newest(governed: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    import broker.governance
+
+    monkeypatch.setattr(broker.governance, "AUDIT_PAGE", 3)  # force many pages
+    admin = governed
+    sender = await admin.system("pager")
+    for i in range(7):
+        env = cpr_envelope(AARHUS, FOEDSEL, f"{i:010d}")
+        await sender.call("POST", "/v1/messages", json=env, expect=403)
+    events = (await admin.call("GET", "/v1/audit", params={"action": "send.refused", "limit": "5"}, expect=200)).json()["events"]
+    assert len(events) == 5
+    times = [e["ts_ms"] for e in events]
+    assert times == sorted(times, reverse=True)
+    everything = (await admin.call("GET", "/v1/audit", params={"action": "send.refused", "limit": "100"}, expect=200)).json()["events"]
+    assert len(everything) == 7
