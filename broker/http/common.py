@@ -92,35 +92,27 @@ async def body_struct(decoder: msgspec.json.Decoder[Any], *, empty_ok: bool = Fa
     return decode_struct(data, decoder)
 
 
-def query_int(name: str, default: int, *, lo: int, hi: int) -> int:
+def _query_number(
+    name: str, default: float, lo: float, hi: float, parse: type[int] | type[float]
+) -> float:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
+    kind = "an integer" if parse is int else "a number"
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise InvalidInput(
-            f"query parameter {name} must be an integer", path=f"query.{name}"
-        ) from None
-    if not lo <= value <= hi:
-        raise InvalidInput(
-            f"query parameter {name} must be between {lo} and {hi}", path=f"query.{name}"
-        )
-    return value
-
-
-def query_float(name: str, default: float, *, lo: float, hi: float) -> float:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidInput(
-            f"query parameter {name} must be a number", path=f"query.{name}"
-        ) from None
+        raise InvalidInput(f"query parameter {name} must be {kind}", path=f"query.{name}") from None
     if not lo <= value <= hi:
         raise InvalidInput(
             f"query parameter {name} must be between {lo:g} and {hi:g}", path=f"query.{name}"
         )
     return value
+
+
+def query_int(name: str, default: int, *, lo: int, hi: int) -> int:
+    return int(_query_number(name, default, lo, hi, int))
+
+
+def query_float(name: str, default: float, *, lo: float, hi: float) -> float:
+    return _query_number(name, default, lo, hi, float)
