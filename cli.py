@@ -126,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("subscription")
 
     from broker.commands import add_governance_parsers
+    from broker.loadtest import add_bench_arguments
 
     add_governance_parsers(sub, leaf)
+    add_bench_arguments(sub.add_parser("bench", help="load-test a broker: throughput, latency, loss"))
 
     s = sub.add_parser("admin", help="administration (admin token)")
     adm = s.add_subparsers(dest="what", required=True)
@@ -311,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "bench":
+        from broker.loadtest import run_bench
+
+        return run_bench(args)
     from broker.client import ClientError
 
     try:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 from broker.errors import BrokerError
+from broker.registry import AGREEMENT, AUTHORITY, Registry
 from broker.service import hash_token, new_token
 from broker.writer import wall_ms
-from broker.registry import AGREEMENT, AUTHORITY, Registry
 from catalog.agreements import Agreement, Decision
 from catalog.authorities import Authority
 from store.base import CreateMailbox, CreateSubscription, CreateSystem, Op, Store

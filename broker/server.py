@@ -22,7 +22,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from broker.config import BrokerConfig, load_or_create_admin_token, load_or_create_instance_id
-from broker.http import create_app
+from broker.http import create_app, streams
 from broker.service import Broker
 from broker.writer import wall_ms
 from store.base import Store
@@ -95,13 +95,12 @@ async def serve(
         async with trio.open_nursery() as nursery:
             await nursery.start(broker.run)
 
+            async def trigger() -> None:
+                await (shutdown_trigger or trio.sleep_forever)()
+                streams.hub_of(broker).close()  # streams end now, not at graceful_timeout
+
             async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
-                await hypercorn_serve(
-                    app,
-                    hc,
-                    shutdown_trigger=shutdown_trigger or trio.sleep_forever,
-                    task_status=task_status,
-                )
+                await hypercorn_serve(app, hc, shutdown_trigger=trigger, task_status=task_status)
                 nursery.cancel_scope.cancel()  # HTTP has drained: now stop the actors
 
             binds = await nursery.start(http)

@@ -374,8 +374,8 @@ class Broker:
         there is nothing to store).
 
         Error handling:
-            Raises :class:`Overloaded` when the job could not be queued (``on_done`` is then
-            never called).
+            Raises :class:`Overloaded` (or ``trio.Cancelled``) only when nothing was queued;
+            ``on_done`` is then never called. Otherwise it is called exactly once.
         """
         prepared, ops = self._publish_ops(sender, items, ip)
 
@@ -387,8 +387,8 @@ class Broker:
 
         if ops:
             await self.writer.enqueue(ops, settled)
-        else:
-            await trio.lowlevel.checkpoint()
+        else:  # nothing to store (no item left and audit off): settled at once, same contract
+            await trio.lowlevel.checkpoint_if_cancelled()
             settled([])
 
     def _publish_ops(

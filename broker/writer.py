@@ -51,7 +51,9 @@ class _Job:
     __slots__ = ("done", "error", "on_done", "ops", "results")
 
     def __init__(
-        self, ops: Sequence[Op], on_done: Callable[[list[OpResult] | BrokerError], None] | None = None
+        self,
+        ops: Sequence[Op],
+        on_done: Callable[[list[OpResult] | BrokerError], None] | None = None,
     ) -> None:
         self.ops = ops
         self.done = trio.Event()
@@ -126,19 +128,23 @@ class Writer:
     async def enqueue(
         self, ops: Sequence[Op], on_done: Callable[[list[OpResult] | BrokerError], None]
     ) -> None:
-        """Queue ``ops`` for the next group commit and return without waiting for it.
+        """Queue ``ops`` for the next group commit and return without waiting for the commit.
 
         ``on_done`` is called from the writer task once the job is settled: with the results
         after the commit (durable), or with the :class:`StoreError`/``shutting_down`` error
-        when nothing was applied. It must be quick and must not raise. Jobs enter the commit
-        order in the order they were queued.
+        when nothing was applied. It must be quick and must not raise. Jobs are committed in
+        the order they were queued.
+
+        For the publish stream's per-frame path this is a cancellation point that yields to
+        the scheduler only when it has to wait for room in the queue (a yield costs more than
+        the rest of the call).
 
         Error handling:
-            Raises :class:`Overloaded` like :meth:`submit` when the job could not be queued;
-            ``on_done`` is then never called.
+            Raises :class:`Overloaded` like :meth:`submit`, or ``trio.Cancelled``; either way
+            the job was NOT queued and ``on_done`` is never called.
         """
-        await self._admit(_Job(ops, on_done))
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._admit(_Job(ops, on_done))  # a cancelled blocking send queues nothing
 
     async def _admit(self, job: _Job) -> None:
         if self._closed:

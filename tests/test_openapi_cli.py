@@ -54,6 +54,8 @@ def test_openapi_documents_exactly_the_routes() -> None:
         (["admin", "system", "create", "cpr"], "name", "cpr"),
         (["mailbox", "create", "inbox", "--strict"], "strict", True),
         (["subscription", "create", "mb", "a", "b"], "message_types", ["a", "b"]),
+        (["bench", "--scenario", "fanout", "--duration", "3", "--json", "r.json"], "scenario", "fanout"),
+        (["agreement", "decide", "a1", "approve"], "decision", "approve"),
     ],
 )
 def test_cli_flags(argv: list[str], field: str, value: object) -> None:

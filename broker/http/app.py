@@ -9,7 +9,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from broker.errors import BrokerError
-from broker.http import admin, governance, mailboxes, messages
+from broker.http import admin, governance, mailboxes, messages, streams
 from broker.http.common import error_response, http_exception_response, json_response
 from broker.service import Broker
 
@@ -43,4 +43,5 @@ def create_app(broker: Broker) -> QuartTrio:
     mailboxes.register(app, broker)
     admin.register(app, broker)
     governance.register(app, broker)
+    streams.register(app, broker)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from quart import Response, request
+from quart import Response, request, websocket
 from werkzeug.exceptions import HTTPException
 
 from broker.codec import decode_struct
@@ -65,10 +65,16 @@ def http_exception_response(exc: HTTPException) -> Response:
     message = exc.description or exc.name
     if status == 413:
         message = "request body too large"
-    elif status == 404:
-        message = f"no such endpoint: {request.method} {request.path}"
-    elif status == 405:
-        message = f"method {request.method} is not allowed on {request.path}"
+    elif status in (404, 405):
+        try:
+            method, path = request.method, request.path
+        except RuntimeError:  # a WebSocket upgrade has no request context
+            method, path = "GET", websocket.path
+        message = (
+            f"no such endpoint: {method} {path}"
+            if status == 404
+            else f"method {method} is not allowed on {path}"
+        )
     return json_response({"error": {"code": code, "message": message}}, status)
 
 

@@ -430,6 +430,35 @@ def openapi_document() -> dict[str, Any]:
                 ],
             ),
         },
+        "/v1/stream/publish": {
+            "get": _op(
+                "WebSocket upgrade: the publish stream (pipelined envelopes, a durable confirm per"
+                " frame after its commit); protocol in docs/streams.md",
+                "101",
+                None,
+                params=[
+                    _query(
+                        "window",
+                        "integer",
+                        "unconfirmed envelopes allowed (1..10000, default 1000)",
+                    )
+                ],
+                errors=("400", "401", "403", "503"),
+            ),
+        },
+        "/v1/stream/mailboxes/{mailbox_id}/consume": {
+            "get": _op(
+                "WebSocket upgrade: the consume stream (credit-based leases, acks and nacks);"
+                " protocol in docs/streams.md",
+                "101",
+                None,
+                params=[
+                    *mb,
+                    _query("lease", "number", "lease length in seconds (1..43200, default 30)"),
+                ],
+                errors=("400", "401", "403", "404", "503"),
+            ),
+        },
         "/healthz": {
             "get": _op("Liveness probe (no token)", "200", {"type": "object"}, auth=None, errors=())
         },
