@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("message_types", nargs="+", help="Beskedtype UUIDs")
     c.add_argument("--expression", default=None, help="a filter expression (docs/filters.md)")
     ss.add_parser("list", **leaf).add_argument("mailbox")
+    for name in ("activate", "deactivate"):
+        c = ss.add_parser(name, **leaf)
+        c.add_argument("mailbox")
+        c.add_argument("subscription")
     d = ss.add_parser("delete", **leaf)
     d.add_argument("mailbox")
     d.add_argument("subscription")
@@ -129,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     from broker.loadtest import add_bench_arguments
 
     add_governance_parsers(sub, leaf)
-    add_bench_arguments(sub.add_parser("bench", help="load-test a broker: throughput, latency, loss"))
+    add_bench_arguments(
+        sub.add_parser("bench", help="load-test a broker: throughput, latency, loss")
+    )
 
     s = sub.add_parser("admin", help="administration (admin token)")
     adm = s.add_subparsers(dest="what", required=True)
@@ -280,6 +286,9 @@ def _client_command(args: argparse.Namespace) -> int:
                 _print(c.subscribe(args.mailbox, args.message_types, args.expression))
             elif args.action == "list":
                 _print(c.list_subscriptions(args.mailbox))
+            elif args.action in ("activate", "deactivate"):
+                path = f"/v1/mailboxes/{args.mailbox}/subscriptions/{args.subscription}"
+                _print(c.request("PATCH", path, json={"active": args.action == "activate"}))
             else:
                 c.delete_subscription(args.mailbox, args.subscription)
         elif args.command == "admin":

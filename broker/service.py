@@ -63,6 +63,8 @@ from store.base import (
     Store,
     SubscriptionRecord,
     SystemRecord,
+    UnsetType,
+    UpdateSubscription,
 )
 
 __all__ = ["ADMIN", "Broker", "Principal", "hash_token"]
@@ -71,6 +73,10 @@ ADMIN = "admin"
 Principal = SystemRecord | Authority | str  # a system, an authority (municipality), or ADMIN
 
 _encoder = msgspec.json.Encoder()
+
+
+def _ignore(_: object) -> None:
+    """Completion callback for fire-and-forget writes (audit lines)."""
 
 
 def index_subscription(record: SubscriptionRecord) -> Subscription:
@@ -278,6 +284,28 @@ class Broker:
     def list_subscriptions(self, owner: SystemRecord, mailbox_id: str) -> list[SubscriptionRecord]:
         return self.store.list_subscriptions(self.mailbox_of(owner, mailbox_id).id)
 
+    async def update_subscription(
+        self,
+        owner: SystemRecord,
+        mailbox_id: str,
+        sub_id: str,
+        *,
+        active: bool | None,
+        expression: str | UnsetType | None,
+    ) -> SubscriptionRecord:
+        """Activate/deactivate a subscription or change its expression (None removes it)."""
+        mb = self.mailbox_of(owner, mailbox_id)
+        if isinstance(expression, str):
+            compile_expression(expression)
+        op = UpdateSubscription(id=sub_id, mailbox_id=mb.id, active=active, expression=expression)
+        record = await self.writer.submit_one(op)
+        assert isinstance(record, SubscriptionRecord)
+        if record.id in self.routing:
+            self.routing.replace(index_subscription(record))
+        else:
+            self.routing.add(index_subscription(record))
+        return record
+
     async def delete_subscription(self, owner: SystemRecord, mailbox_id: str, sub_id: str) -> None:
         mb = self.mailbox_of(owner, mailbox_id)
         await self.writer.submit_one(DeleteSubscription(id=sub_id, mailbox_id=mb.id))
@@ -320,7 +348,9 @@ class Broker:
     ) -> tuple[Route, ...]:
         """Matching subscriptions, kept only where the receiver's agreements admit the envelope,
         each with the TilladtModtager rewritten for that receiver."""
-        routes = [Route(mb, sub) for mb, sub in self.routing.match(besked, self.registry.value_lists)]
+        routes = [
+            Route(mb, sub) for mb, sub in self.routing.match(besked, self.registry.value_lists)
+        ]
         if facts is None or not routes:
             return tuple(routes)
         decisions: dict[str, Any] = {}
@@ -475,12 +505,14 @@ class Broker:
         while True:
             generation = self.notifier.generation(mb.id)
             if self.store.mailbox_stats(mb.id).ready:
-                got = await self.writer.submit_one(
-                    Lease(mailbox_id=mb.id, max=max, lease_ms=int(lease_s * 1000))
-                )
+                lease = Lease(mailbox_id=mb.id, max=max, lease_ms=int(lease_s * 1000))
+                got = await self.writer.submit_one(lease)
                 assert isinstance(got, list)
                 if got:
                     self.metrics.leased.inc(len(got))
+                    await self._audit_deliveries(
+                        mb, "delivery.leased", [d.delivery_id for d in got]
+                    )
                     return got
             if trio.current_time() >= deadline:
                 return []
@@ -500,7 +532,32 @@ class Broker:
         result = await self.writer.submit_one(op)
         assert isinstance(result, AckResult)
         (self.metrics.acked if ack else self.metrics.nacked).inc(result.count)
+        if result.count:
+            refused = {d for d, _ in result.failed}
+            done = [d for d in delivery_ids if d not in refused]
+            await self._audit_deliveries(mb, "delivery.acked" if ack else "delivery.nacked", done)
         return result
+
+    async def _audit_deliveries(self, mb: MailboxRecord, action: str, ids: Sequence[str]) -> None:
+        """One audit event per request (not per delivery), listing the delivery ids it covered.
+
+        Queued for the next group commit without waiting for it (the receiver's answer must
+        not pay a second fsync): an audit record is never written for an operation that did
+        not commit; a crash right after the lease/ack loses at most this audit line.
+        """
+        if not self.config.audit or not ids:
+            return
+        event = AuditEvent(
+            ts_ms=self.clock(),
+            actor=mb.owner,
+            action=action,
+            mailbox=mb.id,
+            detail={"count": str(len(ids)), "delivery_ids": ",".join(ids)[:900]},
+        )
+        try:
+            await self.writer.enqueue([self.governance.audit_op([event])], _ignore)
+        except BrokerError:  # overload: the operation itself succeeded
+            self.metrics.rejected.labels("audit_dropped").inc()
 
     async def requeue_dead(self, mb: MailboxRecord, delivery_ids: Sequence[str]) -> int:
         return self._count(

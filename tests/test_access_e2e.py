@@ -357,3 +357,23 @@ async def test_audit_query_pages_and_keeps_the_newest(governed: Api, monkeypatch
     assert times == sorted(times, reverse=True)
     everything = (await admin.call("GET", "/v1/audit", params={"action": "send.refused", "limit": "100"}, expect=200)).json()["events"]
     assert len(everything) == 7
+
+
+async def test_deliveries_and_acks_are_audited(governed: Api) -> None:
+    admin = governed
+    sender, receiver = await admin.system("s"), await admin.system("r")
+    horsens = await _authority(admin, HORSENS)
+    for sys, kind in ((sender, "send"), (receiver, "receive")):
+        await _decide(horsens, await _agreement(sys, kind, [HORSENS]), True)
+    mb = await receiver.mailbox(TYPE1)
+    await sender.send(cpr_envelope(HORSENS, FOEDSEL, "0101010001"))
+    (d,) = await receiver.poll(mb)
+    await receiver.call("POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d["delivery_id"]]}, expect=200)
+    with trio.fail_after(5):  # the audit line rides the next group commit
+        while True:
+            events = (await admin.call("GET", "/v1/audit", params={"action": "delivery."}, expect=200)).json()["events"]
+            if len(events) == 2:
+                break
+            await trio.sleep(0.01)
+    assert [e["action"] for e in events] == ["delivery.acked", "delivery.leased"]
+    assert all(e["mailbox"] == mb and e["detail"]["delivery_ids"] == d["delivery_id"] for e in events)

@@ -48,6 +48,13 @@ class SubscriptionIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     expression: Annotated[str, Meta(max_length=4096)] | None = None
 
 
+class SubscriptionPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Fields left out stay as they are; ``"expression": null`` removes the expression."""
+
+    active: bool | None = None
+    expression: Annotated[str, Meta(max_length=4096)] | msgspec.UnsetType | None = msgspec.UNSET
+
+
 class AckIn(msgspec.Struct, forbid_unknown_fields=True):
     delivery_ids: DeliveryIds
 
@@ -106,6 +113,7 @@ class DeadOut(msgspec.Struct):
 
 _mailbox_in = msgspec.json.Decoder(MailboxIn)
 _subscription_in = msgspec.json.Decoder(SubscriptionIn)
+_subscription_patch = msgspec.json.Decoder(SubscriptionPatch)
 _ack_in = msgspec.json.Decoder(AckIn)
 _nack_in = msgspec.json.Decoder(NackIn)
 _requeue_in = msgspec.json.Decoder(RequeueIn)
@@ -188,6 +196,16 @@ def register(app: Quart, broker: Broker) -> None:
     async def list_subscriptions(mailbox_id: str) -> Response:
         subs = broker.list_subscriptions(system(broker), mailbox_id)
         return json_response({"subscriptions": [_sub_out(s) for s in subs]})
+
+    @app.patch("/v1/mailboxes/<mailbox_id>/subscriptions/<sub_id>")
+    async def update_subscription(mailbox_id: str, sub_id: str) -> Response:
+        owner = system(broker)
+        broker.mailbox_of(owner, mailbox_id)
+        body: SubscriptionPatch = await body_struct(_subscription_patch)
+        sub = await broker.update_subscription(
+            owner, mailbox_id, sub_id, active=body.active, expression=body.expression
+        )
+        return json_response(_sub_out(sub))
 
     @app.delete("/v1/mailboxes/<mailbox_id>/subscriptions/<sub_id>")
     async def delete_subscription(mailbox_id: str, sub_id: str) -> Response:

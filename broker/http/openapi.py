@@ -77,6 +77,7 @@ def openapi_document() -> dict[str, Any]:
         mailboxes.MailboxOut,
         mailboxes.SubscriptionIn,
         mailboxes.SubscriptionOut,
+        mailboxes.SubscriptionPatch,
         mailboxes.AckIn,
         mailboxes.NackIn,
         mailboxes.RequeueIn,
@@ -174,6 +175,13 @@ def openapi_document() -> dict[str, Any]:
             "get": _op("List the mailbox's subscriptions", "200", {"type": "object"}, params=mb),
         },
         "/v1/mailboxes/{mailbox_id}/subscriptions/{subscription_id}": {
+            "patch": _op(
+                "Activate/deactivate a subscription or change its expression",
+                "200",
+                _ref("SubscriptionOut"),
+                params=[*mb, _path_param("subscription_id")],
+                body=ids("SubscriptionPatch"),
+            ),
             "delete": _op(
                 "Delete a subscription", "204", None, params=[*mb, _path_param("subscription_id")]
             ),
