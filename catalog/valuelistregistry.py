@@ -12,7 +12,6 @@ from collections.abc import Collection, Iterable
 import msgspec
 
 from broker.index import ValueListListener
-
 from catalog.valuelists import ValueList
 
 __all__ = ["ValueListRegistry", "ValueListStatistics"]
