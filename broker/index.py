@@ -41,8 +41,8 @@ subscription-id order. Not thread-safe: one owner (the router) mutates and reads
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
-from typing import Final, Protocol, TypeAlias
+from collections.abc import Collection, Iterable
+from typing import Final
 
 import msgspec
 
@@ -50,14 +50,20 @@ from broker.envelope import Haendelsesbesked, uid_value
 from broker.errors import Conflict, InvalidInput, NotFound
 from broker.filters import (
     EqAtom,
-    Expression,
     ListAtom,
     PathKey,
     Probe,
     ValueLists,
     comparison_key,
     format_path_key,
-    path_extractor,
+)
+from broker.indextables import Route, Subscription, _Bucket, _Table
+from broker.valuelistmemory import (
+    InMemoryValueLists,
+    ValueListListener,
+    ValueListStatistics,
+    WatchedValueLists,
+    _NoLists,
 )
 
 __all__ = [
@@ -71,45 +77,9 @@ __all__ = [
     "WatchedValueLists",
 ]
 
-Route: TypeAlias = tuple[str, str]  # (mailbox_id, subscription_id)
-#: ``listener(owner, name, added, removed)``: values (comparison keys) that entered or left the
-#: *active* contents of one list.
-ValueListListener: TypeAlias = Callable[[str, str, Collection[str], Collection[str]], None]
-
-
-class WatchedValueLists(ValueLists, Protocol):
-    """Value lists an index can file subscriptions under (see the module docstring)."""
-
-    def active_values(self, owner: str, name: str) -> Collection[str]:
-        """The comparison keys the list holds now; empty if it is passive, deleted or absent."""
-        ...
-
-    def watch(self, listener: ValueListListener) -> None:
-        """Call ``listener`` after every change of any list's active contents."""
-        ...
-
-    def unwatch(self, listener: ValueListListener) -> None: ...
-
-
-class _NoLists:
-    def contains(self, owner: str, name: str, value: str) -> bool:
-        return False
-
-
 _NO_LISTS: Final = _NoLists()
 _EQ: Final = 0
 _LIST: Final = 1
-
-
-class Subscription(msgspec.Struct, frozen=True, kw_only=True):
-    """One abonnement as the index holds it (the expression already compiled)."""
-
-    id: str
-    mailbox_id: str
-    owner: str
-    message_types: tuple[str, ...]
-    expression: Expression | None = None
-    active: bool = True
 
 
 class IndexStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,85 +106,6 @@ class IndexStatistics(msgspec.Struct, frozen=True, kw_only=True):
     evaluated: int
     indexed_paths: int
     watched_lists: int
-
-
-class _Table:
-    """The subscriptions filed under one path of one message type, by value.
-
-    A value maps to one entry per registration: exact ones as routes (a bare route when there is
-    one, the common case), the others as (subscription, route).
-    """
-
-    __slots__ = ("exact", "extract", "inexact", "users")
-
-    def __init__(self, path: PathKey) -> None:
-        self.extract = path_extractor(path)
-        # a bare route (type tuple), or a list of routes when several subscriptions share the
-        # value: telling them apart by the container's type reads no further memory
-        self.exact: dict[str, Route | list[Route]] = {}
-        self.inexact: dict[str, tuple[tuple[Subscription, Route], ...]] = {}
-        self.users = 0  # registrations (subscription x atom); the table goes with the last
-
-    def routes(self, value: str) -> tuple[Route, ...]:
-        r = self.exact.get(value)
-        if r is None:
-            return ()
-        return (r,) if isinstance(r, tuple) else tuple(r)
-
-    def count(self, value: str) -> int:
-        return len(self.routes(value)) + len(self.inexact.get(value, ()))
-
-    def add(self, value: str, sub: Subscription, route: Route, exact: bool) -> None:
-        if exact:
-            routes = self.routes(value)
-            if routes:
-                self.exact[value] = [*routes, route]
-            else:
-                self.exact[_fresh(value)] = route
-        else:
-            entries = self.inexact.get(value)
-            if entries:
-                self.inexact[value] = (*entries, (sub, route))
-            else:
-                self.inexact[_fresh(value)] = ((sub, route),)
-
-    def discard(self, value: str, sid: str, exact: bool) -> None:
-        """Drop one registration of subscription ``sid`` under ``value``."""
-        if exact:
-            routes = list(self.routes(value))
-            for i, r in enumerate(routes):
-                if r[1] == sid:
-                    del routes[i]
-                    break
-            if not routes:
-                self.exact.pop(value, None)
-            else:
-                self.exact[value] = routes[0] if len(routes) == 1 else routes
-        else:
-            entries = list(self.inexact.get(value, ()))
-            for i, (s, _) in enumerate(entries):
-                if s.id == sid:
-                    del entries[i]
-                    break
-            if entries:
-                self.inexact[value] = tuple(entries)
-            else:
-                self.inexact.pop(value, None)
-
-
-class _Bucket:
-    """Everything filed for one message type."""
-
-    __slots__ = ("always", "eq", "lists", "scan")
-
-    def __init__(self) -> None:
-        self.always: dict[str, Route] = {}
-        self.scan: dict[str, tuple[Subscription, Route]] = {}
-        self.eq: dict[PathKey, _Table] = {}
-        self.lists: dict[PathKey, _Table] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.always or self.scan or self.eq or self.lists)
 
 
 class SubscriptionIndex:
@@ -500,134 +391,3 @@ class SubscriptionIndex:
 
 def _by_subscription(route: Route) -> str:
     return route[1]
-
-
-def _fresh(text: str) -> str:
-    """A new copy of ``text`` to keep as a table key.
-
-    A lookup compares the envelope's value with the stored key, so the key is read on every
-    hit. The literal from the expression sits among that expression's other objects (about a
-    kilobyte each); copies made while filing sit densely together, which with 100,000
-    subscriptions saves a cache and TLB miss per hit.
-    """
-    return (text + " ")[:-1]
-
-
-# --------------------------------------------------------------------------------------------
-# value lists in memory
-
-
-class ValueListStatistics(msgspec.Struct, frozen=True, kw_only=True):
-    lists: int
-    active: int
-    values: int
-
-
-class _List:
-    __slots__ = ("active", "values")
-
-    def __init__(self) -> None:
-        self.values: set[str] = set()
-        self.active = True
-
-
-class InMemoryValueLists:
-    """:class:`WatchedValueLists` over dicts, for tests and as the model a store-backed
-    implementation mirrors.
-
-    Lists are keyed by (owner, name). Values are stored as comparison keys (UUIDs lower-cased),
-    so ``add(…, ['ABC…'])`` then ``contains(…, 'abc…')`` is true. A passivated list keeps its
-    values but contains nothing until activated again; adding a present value or removing an
-    absent one is not an error (as in KOMBIT's VærdilisteRediger). Listeners hear every change
-    of active contents, after it is made.
-    """
-
-    def __init__(self) -> None:
-        self._lists: dict[tuple[str, str], _List] = {}
-        self._listeners: list[ValueListListener] = []
-
-    # -- the protocol
-
-    def contains(self, owner: str, name: str, value: str) -> bool:
-        lst = self._lists.get((owner, name))
-        return lst is not None and lst.active and value in lst.values
-
-    def active_values(self, owner: str, name: str) -> Collection[str]:
-        lst = self._lists.get((owner, name))
-        return lst.values if lst is not None and lst.active else ()
-
-    def watch(self, listener: ValueListListener) -> None:
-        self._listeners.append(listener)
-
-    def unwatch(self, listener: ValueListListener) -> None:
-        self._listeners.remove(listener)
-
-    # -- editing
-
-    def create(self, owner: str, name: str, values: Iterable[str] = ()) -> None:
-        """Error handling: :class:`Conflict` if ``owner`` already has a list ``name``."""
-        if (owner, name) in self._lists:
-            raise Conflict(f"value list {name!r} of {owner} already exists")
-        self._lists[(owner, name)] = _List()
-        self.add(owner, name, values)
-
-    def add(self, owner: str, name: str, values: Iterable[str]) -> None:
-        lst = self._get(owner, name)
-        added = {comparison_key(v) for v in values} - lst.values
-        lst.values |= added
-        self._tell(owner, name, lst, added, ())
-
-    def remove(self, owner: str, name: str, values: Iterable[str]) -> None:
-        lst = self._get(owner, name)
-        removed = {comparison_key(v) for v in values} & lst.values
-        lst.values -= removed
-        self._tell(owner, name, lst, (), removed)
-
-    def replace(self, owner: str, name: str, values: Iterable[str]) -> None:
-        lst = self._get(owner, name)
-        new = {comparison_key(v) for v in values}
-        added, removed = new - lst.values, lst.values - new
-        lst.values = new
-        self._tell(owner, name, lst, added, removed)
-
-    def set_active(self, owner: str, name: str, active: bool) -> None:
-        """Passivate (``False``) or reactivate a list."""
-        lst = self._get(owner, name)
-        if lst.active == active:
-            return
-        lst.active = active
-        everything = frozenset(lst.values)
-        if everything:
-            for listener in self._listeners:
-                listener(owner, name, everything if active else (), () if active else everything)
-
-    def delete(self, owner: str, name: str) -> None:
-        self.set_active(owner, name, False)
-        del self._lists[(owner, name)]
-
-    def values(self, owner: str, name: str) -> frozenset[str]:
-        return frozenset(self._get(owner, name).values)
-
-    def statistics(self) -> ValueListStatistics:
-        return ValueListStatistics(
-            lists=len(self._lists),
-            active=sum(lst.active for lst in self._lists.values()),
-            values=sum(len(lst.values) for lst in self._lists.values()),
-        )
-
-    def __repr__(self) -> str:
-        s = self.statistics()
-        return f"<InMemoryValueLists [{s.lists} lists, {s.active} active | {s.values} values]>"
-
-    def _get(self, owner: str, name: str) -> _List:
-        lst = self._lists.get((owner, name))
-        if lst is None:
-            raise NotFound(f"value list {name!r} of {owner} does not exist")
-        return lst
-
-    def _tell(
-        self, owner: str, name: str, lst: _List, added: Collection[str], removed: Collection[str]
-    ) -> None:
-        if lst.active and (added or removed):
-            for listener in self._listeners:
-                listener(owner, name, added, removed)
