@@ -101,7 +101,9 @@ class Tidspunkt(_Value, frozen=True):
 
     def __post_init__(self) -> None:
         if (self.TidsstempelDatoTid is None) == (self.GraenseIndikator is None):
-            raise ValueError("a Tidspunkt needs exactly one of TidsstempelDatoTid or GraenseIndikator")
+            raise ValueError(
+                "a Tidspunkt needs exactly one of TidsstempelDatoTid or GraenseIndikator"
+            )
 
 
 TidspunktIn = Tidspunkt

@@ -342,7 +342,9 @@ async def test_cli_governance_commands(governed: Api, capsys: pytest.CaptureFixt
     assert [e["action"] for e in events] == ["send.accepted"]
 
 
-async def test_audit_query_pages_and_keeps_the_newest(governed: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_audit_query_pages_and_keeps_the_newest(
+    governed: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import broker.governance
 
     monkeypatch.setattr(broker.governance, "AUDIT_PAGE", 3)  # force many pages
@@ -351,11 +353,19 @@ async def test_audit_query_pages_and_keeps_the_newest(governed: Api, monkeypatch
     for i in range(7):
         env = cpr_envelope(AARHUS, FOEDSEL, f"{i:010d}")
         await sender.call("POST", "/v1/messages", json=env, expect=403)
-    events = (await admin.call("GET", "/v1/audit", params={"action": "send.refused", "limit": "5"}, expect=200)).json()["events"]
+    events = (
+        await admin.call(
+            "GET", "/v1/audit", params={"action": "send.refused", "limit": "5"}, expect=200
+        )
+    ).json()["events"]
     assert len(events) == 5
     times = [e["ts_ms"] for e in events]
     assert times == sorted(times, reverse=True)
-    everything = (await admin.call("GET", "/v1/audit", params={"action": "send.refused", "limit": "100"}, expect=200)).json()["events"]
+    everything = (
+        await admin.call(
+            "GET", "/v1/audit", params={"action": "send.refused", "limit": "100"}, expect=200
+        )
+    ).json()["events"]
     assert len(everything) == 7
 
 
@@ -368,12 +378,18 @@ async def test_deliveries_and_acks_are_audited(governed: Api) -> None:
     mb = await receiver.mailbox(TYPE1)
     await sender.send(cpr_envelope(HORSENS, FOEDSEL, "0101010001"))
     (d,) = await receiver.poll(mb)
-    await receiver.call("POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d["delivery_id"]]}, expect=200)
+    await receiver.call(
+        "POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [d["delivery_id"]]}, expect=200
+    )
     with trio.fail_after(5):  # the audit line rides the next group commit
         while True:
-            events = (await admin.call("GET", "/v1/audit", params={"action": "delivery."}, expect=200)).json()["events"]
+            events = (
+                await admin.call("GET", "/v1/audit", params={"action": "delivery."}, expect=200)
+            ).json()["events"]
             if len(events) == 2:
                 break
             await trio.sleep(0.01)
     assert [e["action"] for e in events] == ["delivery.acked", "delivery.leased"]
-    assert all(e["mailbox"] == mb and e["detail"]["delivery_ids"] == d["delivery_id"] for e in events)
+    assert all(
+        e["mailbox"] == mb and e["detail"]["delivery_ids"] == d["delivery_id"] for e in events
+    )

@@ -371,17 +371,36 @@ async def test_health_metrics_openapi(admin: Api) -> None:
 async def test_subscription_active_flag_and_expression_change(admin: Api) -> None:
     sys = await admin.system()
     mb = await sys.mailbox()
-    sub = (await sys.call("POST", f"/v1/mailboxes/{mb}/subscriptions", json={"message_types": [TYPE1]}, expect=201)).json()
+    sub = (
+        await sys.call(
+            "POST", f"/v1/mailboxes/{mb}/subscriptions", json={"message_types": [TYPE1]}, expect=201
+        )
+    ).json()
     path = f"/v1/mailboxes/{mb}/subscriptions/{sub['id']}"
     r = await sys.call("PATCH", path, json={"active": False}, expect=200)
     assert r.json()["active"] is False
     assert (await sys.send(envelope(TYPE1)))["mailboxes"] == 0
-    await sys.call("PATCH", path, json={"active": True, "expression": "Beskedkuvert.Filtreringsdata.BeskedAnsvarligAktoer = 'x'"}, expect=200)
+    await sys.call(
+        "PATCH",
+        path,
+        json={
+            "active": True,
+            "expression": "Beskedkuvert.Filtreringsdata.BeskedAnsvarligAktoer = 'x'",
+        },
+        expect=200,
+    )
     assert (await sys.send(envelope(TYPE1)))["mailboxes"] == 0
-    assert (await sys.send(envelope(TYPE1, BeskedAnsvarligAktoer={"UUIDIdentifikator": "x"})))["mailboxes"] == 1
+    assert (await sys.send(envelope(TYPE1, BeskedAnsvarligAktoer={"UUIDIdentifikator": "x"})))[
+        "mailboxes"
+    ] == 1
     r = await sys.call("PATCH", path, json={"expression": None}, expect=200)
     assert r.json()["expression"] is None
     assert (await sys.send(envelope(TYPE1)))["mailboxes"] == 1
     r = await sys.call("PATCH", path, json={"expression": "nonsense ="}, expect=400)
     assert r.json()["error"]["code"] == "invalid_expression"
-    await sys.call("PATCH", f"/v1/mailboxes/{mb}/subscriptions/00000000-0000-0000-0000-000000000000", json={"active": False}, expect=404)
+    await sys.call(
+        "PATCH",
+        f"/v1/mailboxes/{mb}/subscriptions/00000000-0000-0000-0000-000000000000",
+        json={"active": False},
+        expect=404,
+    )

@@ -167,7 +167,10 @@ async def test_request_over_the_body_limit(
 ) -> None:
     limit = 16 * 1024  # small: httpx sends the whole body before reading the early 413
     config = BrokerConfig(
-        data_dir=str(tmp_path), bind="127.0.0.1:0", admin_token=ADMIN_TOKEN, max_request_bytes=limit,
+        data_dir=str(tmp_path),
+        bind="127.0.0.1:0",
+        admin_token=ADMIN_TOKEN,
+        max_request_bytes=limit,
         access_control=False,
     )
     info = await nursery.start(partial(serve, config, clock=clock))

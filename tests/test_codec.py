@@ -25,7 +25,12 @@ ids = st.one_of(
     st.uuids().map(str),
     st.uuids().map(lambda u: str(u).upper()),
     st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40).filter(
-        lambda s: s == s.strip() and "\ufffe" not in s and "\uffff" not in s and not s.lower().startswith("urn:")
+        lambda s: (
+            s == s.strip()
+            and "\ufffe" not in s
+            and "\uffff" not in s
+            and not s.lower().startswith("urn:")
+        )
     ),
     st.from_regex(r"urn:oio:(cpr|cvr-nr|kle):[0-9.]{1,12}", fullmatch=True),
 )
@@ -165,4 +170,7 @@ def test_xml_content_items_must_be_one_well_formed_element() -> None:
         decode_envelope(json.dumps(env).encode(), JSON)
     assert exc.value.path == "$.Beskeddata[1].xml"
     env["Beskeddata"] = [{"xml": '<x:a xmlns:x="urn:x">t</x:a>'}]
-    assert decode_envelope(json.dumps(env).encode(), JSON).Beskeddata[0].xml == '<x:a xmlns:x="urn:x">t</x:a>'
+    assert (
+        decode_envelope(json.dumps(env).encode(), JSON).Beskeddata[0].xml
+        == '<x:a xmlns:x="urn:x">t</x:a>'
+    )

@@ -10,7 +10,9 @@ import pytest
 from broker.config import load_or_create_admin_token, load_or_create_instance_id
 
 
-def test_admin_token_generated_once_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_admin_token_generated_once_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("DUESLAG_ADMIN_TOKEN", raising=False)
     token, new = load_or_create_admin_token(tmp_path)
     assert new and token.startswith("adm_") and len(token) > 30
@@ -27,7 +29,9 @@ def test_admin_token_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert not (tmp_path / "admin-token").exists()
 
 
-def test_empty_file_from_a_crash_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_file_from_a_crash_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("DUESLAG_ADMIN_TOKEN", raising=False)
     (tmp_path / "admin-token").write_text("")
     (tmp_path / "instance-id").write_text("\n")

@@ -36,7 +36,9 @@ def test_openapi_documents_exactly_the_routes() -> None:
     assert "Haendelsesbesked" in doc["components"]["schemas"]
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
-            public = path in ("/healthz", "/readyz") or (method == "get" and path.startswith("/v1/catalog/"))
+            public = path in ("/healthz", "/readyz") or (
+                method == "get" and path.startswith("/v1/catalog/")
+            )
             assert ("security" in op) != public, (method, path)
 
 
@@ -54,7 +56,11 @@ def test_openapi_documents_exactly_the_routes() -> None:
         (["admin", "system", "create", "cpr"], "name", "cpr"),
         (["mailbox", "create", "inbox", "--strict"], "strict", True),
         (["subscription", "create", "mb", "a", "b"], "message_types", ["a", "b"]),
-        (["bench", "--scenario", "fanout", "--duration", "3", "--json", "r.json"], "scenario", "fanout"),
+        (
+            ["bench", "--scenario", "fanout", "--duration", "3", "--json", "r.json"],
+            "scenario",
+            "fanout",
+        ),
         (["agreement", "decide", "a1", "approve"], "decision", "approve"),
     ],
 )
@@ -80,7 +86,9 @@ def test_send_detects_content_type() -> None:
     assert cli._detect("a.json", b"{}", None, False) == ("application/json", False)
 
 
-async def test_cli_against_a_live_server(server: object, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_cli_against_a_live_server(
+    server: object, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The CLI's client commands end to end (the quick start's path), in a worker thread."""
     import json as _json
 
@@ -98,12 +106,24 @@ async def test_cli_against_a_live_server(server: object, capsys: pytest.CaptureF
 
     system = await trio.to_thread.run_sync(lambda: run("admin", "system", "create", "cli"))
     token = system["token"]  # type: ignore[index]
-    mb = (await trio.to_thread.run_sync(lambda: run("mailbox", "create", "inbox", token=token)))["id"]  # type: ignore[index]
+    mb = (await trio.to_thread.run_sync(lambda: run("mailbox", "create", "inbox", token=token)))[
+        "id"
+    ]  # type: ignore[index]
     await trio.to_thread.run_sync(lambda: run("subscription", "create", mb, TYPE1, token=token))
-    sent = await trio.to_thread.run_sync(lambda: run("send", str(SAMPLES / "testbesked01.xml"), token=token))
+    sent = await trio.to_thread.run_sync(
+        lambda: run("send", str(SAMPLES / "testbesked01.xml"), token=token)
+    )
     assert sent["mailboxes"] == 1  # type: ignore[index]
-    assert (await trio.to_thread.run_sync(lambda: run("mailbox", "show", mb, token=token)))["ready"] == 1  # type: ignore[index]
-    xml = await trio.to_thread.run_sync(lambda: run("poll", mb, "--xml", "--ack", "--lease", "5", token=token))
-    assert isinstance(xml, str) and "Haendelsesbesked" in xml and "callCPRBasicInformationResponse" in xml
+    assert (await trio.to_thread.run_sync(lambda: run("mailbox", "show", mb, token=token)))[
+        "ready"
+    ] == 1  # type: ignore[index]
+    xml = await trio.to_thread.run_sync(
+        lambda: run("poll", mb, "--xml", "--ack", "--lease", "5", token=token)
+    )
+    assert (
+        isinstance(xml, str)
+        and "Haendelsesbesked" in xml
+        and "callCPRBasicInformationResponse" in xml
+    )
     shown = await trio.to_thread.run_sync(lambda: run("mailbox", "show", mb, token=token))
     assert (shown["ready"], shown["in_flight"], shown["copy"]) == (0, 0, 1)  # type: ignore[index]

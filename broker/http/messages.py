@@ -93,5 +93,11 @@ def register(app: Quart, broker: Broker) -> None:
                 failed += 1
                 out.append(BatchItem(error=ErrorBody(r.code, r.message, r.path)))
             else:
-                out.append(BatchItem(transaction_id=r.transaction_id, mailboxes=r.mailboxes, duplicate=r.duplicate))
+                out.append(
+                    BatchItem(
+                        transaction_id=r.transaction_id,
+                        mailboxes=r.mailboxes,
+                        duplicate=r.duplicate,
+                    )
+                )
         return json_response(BatchOut(out, len(out) - failed, failed), 200)
