@@ -65,7 +65,6 @@ class Publishing:
     instance_id: str
     clock: Callable[[], int]
     _mailboxes: dict[str, MailboxRecord]
-    _owners: dict[str, str]
     # ------------------------------------------------------------------ messages
 
     def prepare(
@@ -121,11 +120,14 @@ class Publishing:
         return tuple(out)
 
     def _owner(self, mailbox_id: str) -> str:
-        owner = self._owners.get(mailbox_id)
-        if owner is None:
-            mb = self._mailboxes.get(mailbox_id) or self.store.get_mailbox(mailbox_id)
-            owner = self._owners[mailbox_id] = mb.owner if mb is not None else ""
-        return owner
+        """The owning system of a routed mailbox, from the broker's mailbox cache."""
+        mb = self._mailboxes.get(mailbox_id)
+        if mb is None:
+            mb = self.store.get_mailbox(mailbox_id)
+            if mb is None:  # deleted since routing: the store drops such routes anyway
+                return ""
+            self._mailboxes[mailbox_id] = mb
+        return mb.owner
 
     async def publish(
         self,

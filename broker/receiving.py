@@ -53,7 +53,6 @@ class Receiving:
     instance_id: str
     clock: Callable[[], int]
     _mailboxes: dict[str, MailboxRecord]
-    _owners: dict[str, str]
 
     async def poll(
         self, mb: MailboxRecord, *, max: int, wait_s: float, lease_s: float

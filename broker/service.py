@@ -116,7 +116,6 @@ class Broker(Publishing, Receiving):
         self.registry = Registry.load(store)
         self.routing = self._build_index()
         self.governance = Governance(self.registry, self.writer, store, clock)
-        self._owners: dict[str, str] = {}  # mailbox id -> owning system, for receive decisions
         self._admin_hash = hash_token(admin_token)
         self._systems: dict[bytes, SystemRecord] = {}
         self._mailboxes: dict[str, MailboxRecord] = {}
