@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.codec import decode_envelope
 from broker.envelope import Haendelsesbesked, expand_shorthands, to_builtins
 from broker.errors import ERROR_STATUS, InvalidInput
 from broker.filters import (
@@ -43,6 +44,7 @@ from broker.filters import (
     unparse,
 )
 from broker.index import InMemoryValueLists
+from tests.conftest import SAMPLES
 
 # --------------------------------------------------------------------------------------------
 # envelopes
@@ -86,65 +88,11 @@ def envelope(
     )
 
 
-# KOMBIT's testbesked01.xml and testbesked03.xml (sample pack K8), Filtreringsdata and
-# Leveranceinformation as JSON. 03 has the id "1" in a UUIDIdentifikator and mixed-case UUIDs.
-TESTBESKED01 = b"""{
-  "BeskedId": {"UUIDIdentifikator": "01157488-c45c-4fd2-b076-1de12effbf66"},
-  "BeskedVersion": "1.0",
-  "Beskedkuvert": {
-    "Filtreringsdata": {
-      "Beskedtype": {"UUIDIdentifikator": "7654895c-a3f3-4c77-8afd-4c77330f963c"},
-      "BeskedAnsvarligAktoer": {"UUIDIdentifikator": "cf12c051-39ce-4066-ba11-704b46fa23c4"},
-      "TilladtModtager": [{"URNIdentifikator": "urn:oio:cvr-nr:12345678"}],
-      "RelateretObjekt": [{
-        "ObjektId": {"URNIdentifikator": "urn:oio:cpr-nr:2512484916"},
-        "ObjektType": {"UUIDIdentifikator": "ce7fcf97-a8a2-447a-8690-d38aa0f6e23c"}}],
-      "ObjektRegistrering": [{
-        "ObjektRegistreringId": {"UUIDIdentifikator": "aa1b94ce-d182-454f-baa6-b2febb457aa3"},
-        "RegistreringsAktoer": {"UUIDIdentifikator": "D92BB9C2-D826-4028-8FB5-D8B88B4377D4"},
-        "Registreringstidspunkt": {"TidsstempelDatoTid": "2016-03-13T08:00:00"},
-        "ObjektAnsvarligMyndighed": {"URNIdentifikator": "urn:oio:cvr-nr:12345678"},
-        "ObjektId": {"URNIdentifikator": "urn:oio:cpr-nr:2204151234"},
-        "ObjektType": {"UUIDIdentifikator": "ce7fcf97-a8a2-447a-8690-d38aa0f6e23c"},
-        "ObjektHandling": {"UUIDIdentifikator": "1e5bb089-5445-44f8-9b65-bc854053f423"},
-        "OpgaveEmne": {"URNIdentifikator": "urn:oio:kle:32.01.01"}}]
-    },
-    "Leveranceinformation": {
-      "Dannelsestidspunkt": {"TidsstempelDatoTid": "2016-03-15T08:00:00"},
-      "Sikkerhedsklassificering": {"UUIDIdentifikator": "44f4108b-26d4-46de-a90f-35e35b55b8d8"}
-    },
-    "GyldighedFra": {"TidsstempelDatoTid": "2016-03-15T08:00:10"}
-  }
-}"""
+# KOMBIT's testbesked01.xml and testbesked03.xml (sample pack K8), decoded by the broker's own XML
+# codec from the copies in tests/data/kombit. 03 has the id "1" and mixed-case UUIDs.
+def _sample(name: str) -> Haendelsesbesked:
+    return decode_envelope((SAMPLES / name).read_bytes(), "application/xml")
 
-TESTBESKED03 = b"""{
-  "BeskedId": {"UUIDIdentifikator": "01157488-c45c-4fd2-b076-1de12effbf66"},
-  "BeskedVersion": "1.0",
-  "Beskedkuvert": {
-    "Filtreringsdata": {
-      "Beskedtype": {"UUIDIdentifikator": "b677c97e-aa5e-430e-9f60-9bbbbdb4ea1b"},
-      "BeskedAnsvarligAktoer": {"UUIDIdentifikator": "1"},
-      "TilladtModtager": [{"URNIdentifikator": "urn:oio:cvr-nr:55133018"}],
-      "RelateretObjekt": [{
-        "ObjektId": {"URNIdentifikator": "urn:oio:cpr-nr:2512484916"},
-        "ObjektType": {"UUIDIdentifikator": "ce7fcf97-a8a2-447a-8690-d38aa0f6e23c"}}],
-      "ObjektRegistrering": [{
-        "ObjektRegistreringId": {"UUIDIdentifikator": "aa1b94ce-d182-454f-baa6-b2febb457aa3"},
-        "RegistreringsAktoer": {"UUIDIdentifikator": "D92BB9C2-D826-4028-8FB5-D8B88B4377D4"},
-        "Registreringstidspunkt": {"TidsstempelDatoTid": "2016-08-13T08:00:00"},
-        "ObjektAnsvarligMyndighed": {"URNIdentifikator": "urn:oio:cvr-nr:55133018"},
-        "ObjektId": {"URNIdentifikator": "urn:oio:cpr-nr:2204151234"},
-        "ObjektType": {"UUIDIdentifikator": "ce7fcf97-a8a2-447a-8690-d38aa0f6e23c"},
-        "ObjektHandling": {"UUIDIdentifikator": "1e5bb089-5445-44f8-9b65-bc854053f423"},
-        "OpgaveEmne": {"URNIdentifikator": "urn:oio:kle:32.01.01"}}]
-    },
-    "Leveranceinformation": {
-      "Dannelsestidspunkt": {"TidsstempelDatoTid": "2016-08-15T08:00:00"},
-      "Sikkerhedsklassificering": {"UUIDIdentifikator": "44f4108b-26d4-46de-a90f-35e35b55b8d8"}
-    },
-    "GyldighedFra": {"TidsstempelDatoTid": "2016-08-15T08:00:10"}
-  }
-}"""
 
 NO_LISTS = InMemoryValueLists()
 
@@ -723,7 +671,7 @@ def test_times_booleans_and_integers() -> None:
 
 
 def test_samples_from_kombit() -> None:
-    b1, b3 = decode(TESTBESKED01), decode(TESTBESKED03)
+    b1, b3 = _sample("testbesked01.xml"), _sample("testbesked03.xml")
     f = "Beskedkuvert.Filtreringsdata"
     birth = f"get({f}.ObjektRegistrering, 0).ObjektHandling.UUIDIdentifikator = '{FOEDSEL}'"
     assert ev(birth, b1) and ev(birth, b3)
@@ -759,7 +707,7 @@ def test_the_examples_in_docs_compile() -> None:
     assert len(blocks) >= 8
     for text in blocks:
         text = re.sub(r"<[^>]+>", "1b2a9c3e-0000-4000-8000-000000000001", text)
-        assert compile_expression(text).evaluate(decode(TESTBESKED01), NO_LISTS, "s") in (
+        assert compile_expression(text).evaluate(_sample("testbesked01.xml"), NO_LISTS, "s") in (
             True,
             False,
         )
@@ -816,7 +764,7 @@ def test_probes() -> None:
 
 
 def test_path_extractor() -> None:
-    b = decode(TESTBESKED01)
+    b = _sample("testbesked01.xml")
     assert path_extractor(
         ("Beskedkuvert", "Filtreringsdata", "ObjektRegistrering", "*", "RegistreringsAktoer")
     )(b) == ["d92bb9c2-d826-4028-8fb5-d8b88b4377d4"]
