@@ -73,6 +73,7 @@ _FRIENDLY_PATTERNS = {
     "leading or trailing white space",
     "d{4,}": "expected an xs:dateTime such as 2016-03-15T08:00:00 or 2016-03-15T08:00:00.5+01:00",
 }
+_FIELD_RULE = re.compile(r"^(UUIDIdentifikator|URNIdentifikator): (.*)$", re.DOTALL)
 _MSG_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
 
 
@@ -95,6 +96,9 @@ def validation_error(exc: msgspec.DecodeError, *, prefix: str = "$") -> BrokerEr
     path = m.group("path") if m and m.group("path") else "$"
     if prefix != "$":
         path = prefix + path[1:]
+    field = _FIELD_RULE.match(msg)
+    if field:  # a __post_init__ rule that names its field (see envelope.ID_RULE)
+        path, msg = f"{path}.{field.group(1)}", field.group(2)
     if "matching regex" in msg:  # name the rule, not the regex (msgspec quotes it escaped)
         msg = next((text for marker, text in _FRIENDLY_PATTERNS.items() if marker in msg), msg)
     code = (

@@ -61,7 +61,22 @@ _ID_PATTERN = (
     r"^[^\x00-\x20\ufffe\uffff]"
     r"(?:[^\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]*[^\x00-\x20\ufffe\uffff])?$"
 )
-IdText = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=_ID_PATTERN)]
+_ID_RE = re.compile(_ID_PATTERN)
+#: The length limits stay in the type; the character rule is checked by UnikId.__post_init__,
+#: where a fast path for printable ASCII costs a tenth of msgspec's per-string regex search.
+IdText = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+#: ValueError text for a bad identifier: ``codec.validation_error`` moves the field name that
+#: leads it into the error's path, so the path still ends at the offending field.
+ID_RULE = (
+    "an identifier must be non-empty text without control characters and without "
+    "leading or trailing white space"
+)
+
+
+def _id_ok(text: str) -> bool:
+    if text.isascii() and text.isprintable():  # no controls; only the edges can be white space
+        return text[0] != " " and text[-1] != " "
+    return _ID_RE.match(text) is not None
 DateTimeText = Annotated[str, Meta(pattern=_DATETIME)]
 
 
@@ -81,8 +96,13 @@ class UnikId(_Value, frozen=True):
 
     def __post_init__(self) -> None:
         # Runs inside msgspec's decoder too, so a bad choice fails with the field's path.
-        if (self.UUIDIdentifikator is None) == (self.URNIdentifikator is None):
+        uuid, urn = self.UUIDIdentifikator, self.URNIdentifikator
+        if (uuid is None) == (urn is None):
             raise ValueError("a UnikId needs exactly one of UUIDIdentifikator or URNIdentifikator")
+        if not _id_ok(uuid or urn):  # type: ignore[arg-type]  # exactly one is a str
+            raise ValueError(
+                f"{'UUIDIdentifikator' if uuid is not None else 'URNIdentifikator'}: {ID_RULE}"
+            )
 
     @property
     def value(self) -> str:

@@ -174,3 +174,12 @@ def test_xml_content_items_must_be_one_well_formed_element() -> None:
         decode_envelope(json.dumps(env).encode(), JSON).Beskeddata[0].xml
         == '<x:a xmlns:x="urn:x">t</x:a>'
     )
+
+
+@given(st.text(max_size=40) | st.text(alphabet=" \t\n\r\x01abc\ufffe\u00a0", max_size=8))
+def test_identifier_fast_path_agrees_with_the_rule(text: str) -> None:
+    # the printable-ASCII fast path in UnikId must accept exactly what the full rule accepts
+    from broker.envelope import _ID_RE, _id_ok
+
+    if text:
+        assert _id_ok(text) == (_ID_RE.match(text) is not None)

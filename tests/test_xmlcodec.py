@@ -469,7 +469,10 @@ def test_encode_refuses_bad_xml_items(item: str, path: str) -> None:
 
 def test_encode_refuses_characters_xml_cannot_carry() -> None:
     b = decode_xml(envelope())
-    b.Beskedkuvert.Filtreringsdata.TilladtModtager = [UnikId(URNIdentifikator="urn:\x01")]
+    # UnikId refuses such text itself; the encoder's own check is the second line of defence
+    bad = UnikId(URNIdentifikator="urn:x")
+    msgspec.structs.force_setattr(bad, "URNIdentifikator", "urn:\x01")
+    b.Beskedkuvert.Filtreringsdata.TilladtModtager = [bad]
     with pytest.raises(InvalidEnvelope) as info:
         encode_xml(b)
     assert info.value.path == (
