@@ -7,13 +7,21 @@ The stored body is the canonical envelope as accepted. Per delivery KOMBIT appen
 Leverancerute (which distributor, when received, when delivered, from which system, under which
 subscription, which attempt). The content (``Beskeddata``) is spliced back as the raw bytes it
 was stored as: it is never parsed here.
+
+Two renderings of one result. :func:`with_route` builds the full model (the XML encoder needs
+it). :func:`render_delivery`, the hot path of every poll and consume stream, never builds it: it
+decodes the stored JSON into *views* whose fields are ``msgspec.Raw`` spans, except the two
+places a delivery changes (``TilladtModtager`` and ``Leveranceruter``), and re-encodes them, so
+every other byte is copied, not parsed. A property test holds the two byte-identical.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import msgspec
+from msgspec import UNSET, Raw, Struct, UnsetType
 
 from broker.envelope import (
     Leveranceinformation,
@@ -26,7 +34,15 @@ from broker.envelope import (
 )
 from store.base import Delivery
 
-__all__ = ["DeliveryOut", "iso_ms", "render_delivery", "with_route"]
+__all__ = [
+    "DeliveryOut",
+    "Renderer",
+    "deliveries_out",
+    "delivery_out",
+    "iso_ms",
+    "render_delivery",
+    "with_route",
+]
 
 _stored = msgspec.json.Decoder(StoredBesked)
 _encoder = msgspec.json.Encoder()
@@ -76,16 +92,139 @@ def with_route(delivery: Delivery, *, instance_id: str, now_ms: int) -> StoredBe
     return besked
 
 
+# Views of the stored canonical JSON. Field order is the model's (encoding keeps it); every
+# field the delivery does not change is a Raw span. Unknown fields are dropped, as the model does.
+class _Ruter(Struct, omit_defaults=True):
+    Leverancerute: list[Raw] = []
+
+
+class _Leverance(Struct, omit_defaults=True):
+    Dannelsestidspunkt: Raw | UnsetType = UNSET
+    TransaktionsId: Raw | UnsetType = UNSET
+    Kildesystem: Raw | UnsetType = UNSET
+    KildesystemIPAdresse: Raw | UnsetType = UNSET
+    KildesystemAkkreditiver: Raw | UnsetType = UNSET
+    Sikkerhedsklassificering: Raw | UnsetType = UNSET
+    Leveranceruter: _Ruter | UnsetType = UNSET
+    LeveranceinformationLokalUdvidelse: Raw | UnsetType = UNSET
+
+
+class _Filtrering(Struct, omit_defaults=True):
+    Beskedtype: Raw
+    BeskedAnsvarligAktoer: Raw | UnsetType = UNSET
+    TilladtModtager: Raw | UnsetType = UNSET
+    RelateretObjekt: Raw | UnsetType = UNSET
+    ObjektRegistrering: Raw | UnsetType = UNSET
+    TvaergaaendeProces: Raw | UnsetType = UNSET
+
+
+class _Kuvert(Struct, omit_defaults=True):
+    Filtreringsdata: _Filtrering
+    Leveranceinformation: _Leverance
+    Modtagerhandling: Raw | UnsetType = UNSET
+    GyldighedFra: Raw | UnsetType = UNSET
+    GyldighedTil: Raw | UnsetType = UNSET
+
+
+class _Besked(Struct, omit_defaults=True):
+    BeskedId: Raw
+    BeskedVersion: Raw
+    Beskedkuvert: _Kuvert
+    Beskeddata: Raw | UnsetType = UNSET
+
+
+_view = msgspec.json.Decoder(_Besked)
+
+
+class _Route(Struct, omit_defaults=True):
+    """A Leverancerute with its ids and times pre-encoded (same fields and order)."""
+
+    Fordelingssystem: Raw
+    ModtagelsesTidspunkt: Raw
+    LeveranceTidspunkt: Raw
+    ModtagetFraSystem: Raw | UnsetType
+    ErLeveretIHenholdTil: Raw
+    LeveranceruteLokalUdvidelse: Raw
+
+
+class Renderer:
+    """Renders many deliveries at one delivery time (one poll, one consume batch): the parts
+    every route of the batch shares are encoded once."""
+
+    def __init__(self, *, instance_id: str, now_ms: int) -> None:
+        self._fordeling = Raw(_encoder.encode(UnikId(UUIDIdentifikator=instance_id)))
+        self._delivered = Raw(_encoder.encode(Tidspunkt(TidsstempelDatoTid=iso_ms(now_ms))))
+        self._received: dict[int, Raw] = {}
+        self._tilladt: dict[tuple[str, ...], Raw | UnsetType] = {}
+
+    def render(self, delivery: Delivery) -> bytes:
+        """Canonical JSON of the delivered envelope (byte-identical to :func:`with_route`)."""
+        besked = _view.decode(delivery.body)
+        filt = besked.Beskedkuvert.Filtreringsdata
+        if delivery.tilladt_modtager is not None:
+            filt.TilladtModtager = self._tilladt_json(delivery.tilladt_modtager)
+        li = besked.Beskedkuvert.Leveranceinformation
+        route = _Route(
+            Fordelingssystem=self._fordeling,
+            ModtagelsesTidspunkt=self._received_json(delivery.received_ms),
+            LeveranceTidspunkt=self._delivered,
+            ModtagetFraSystem=li.Kildesystem,
+            ErLeveretIHenholdTil=Raw(
+                b'{"UUIDIdentifikator":%s}' % _encoder.encode(delivery.subscription_id)
+            ),
+            LeveranceruteLokalUdvidelse=Raw(
+                b'{"AntalLeveranceforsoeg":%d}' % max(delivery.attempt, 1)
+            ),
+        )
+        if li.Leveranceruter is UNSET:
+            li.Leveranceruter = _Ruter([Raw(_encoder.encode(route))])
+        else:
+            li.Leveranceruter.Leverancerute.append(Raw(_encoder.encode(route)))
+        return _encoder.encode(besked)
+
+    def _received_json(self, ms: int) -> Raw:
+        raw = self._received.get(ms)
+        if raw is None:
+            if len(self._received) > 4096:  # bounded: one poll sees few distinct times
+                self._received.clear()
+            raw = self._received[ms] = Raw(
+                _encoder.encode(Tidspunkt(TidsstempelDatoTid=iso_ms(ms)))
+            )
+        return raw
+
+    def _tilladt_json(self, cvrs: tuple[str, ...]) -> Raw | UnsetType:
+        raw = self._tilladt.get(cvrs)
+        if raw is None:
+            if len(self._tilladt) > 4096:
+                self._tilladt.clear()
+            # an empty list is omitted, as the model's default would be
+            raw = self._tilladt[cvrs] = (
+                Raw(_encoder.encode([UnikId(URNIdentifikator=c) for c in cvrs])) if cvrs else UNSET
+            )
+        return raw
+
+
 def render_delivery(delivery: Delivery, *, instance_id: str, now_ms: int) -> bytes:
     """Canonical JSON of the delivered envelope."""
-    return _encoder.encode(with_route(delivery, instance_id=instance_id, now_ms=now_ms))
+    return Renderer(instance_id=instance_id, now_ms=now_ms).render(delivery)
 
 
 def delivery_out(delivery: Delivery, *, instance_id: str, now_ms: int) -> DeliveryOut:
-    return DeliveryOut(
-        delivery_id=delivery.delivery_id,
-        attempt=delivery.attempt,
-        subscription_id=delivery.subscription_id,
-        lease_expires_ms=delivery.leased_until_ms,
-        envelope=msgspec.Raw(render_delivery(delivery, instance_id=instance_id, now_ms=now_ms)),
-    )
+    return deliveries_out([delivery], instance_id=instance_id, now_ms=now_ms)[0]
+
+
+def deliveries_out(
+    deliveries: Sequence[Delivery], *, instance_id: str, now_ms: int
+) -> list[DeliveryOut]:
+    """Poll items for deliveries handed out together at ``now_ms``."""
+    renderer = Renderer(instance_id=instance_id, now_ms=now_ms)
+    return [
+        DeliveryOut(
+            delivery_id=d.delivery_id,
+            attempt=d.attempt,
+            subscription_id=d.subscription_id,
+            lease_expires_ms=d.leased_until_ms,
+            envelope=Raw(renderer.render(d)),
+        )
+        for d in deliveries
+    ]

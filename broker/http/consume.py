@@ -19,7 +19,7 @@ from msgspec import UNSET, Struct, UnsetType
 from quart.wrappers import Websocket
 
 from broker.codec import validation_error
-from broker.delivery import delivery_out
+from broker.delivery import deliveries_out
 from broker.errors import BrokerError, InvalidInput
 from broker.http import streams
 from broker.http.mailboxes import FailedOut, PollOut
@@ -144,7 +144,7 @@ class ConsumeStream(_Stream):
             if got:
                 credit.delivered(len(got))
                 now = broker.clock()
-                out = [delivery_out(d, instance_id=broker.instance_id, now_ms=now) for d in got]
+                out = deliveries_out(got, instance_id=broker.instance_id, now_ms=now)
                 await self.ws.send(_text(PollOut(out)))
             else:
                 with self._until_stopped():

@@ -12,7 +12,7 @@ import msgspec
 from msgspec import Meta
 from quart import Quart, Response, request
 
-from broker.delivery import DeliveryOut, delivery_out, iso_ms, with_route
+from broker.delivery import DeliveryOut, deliveries_out, delivery_out, iso_ms, with_route
 from broker.errors import Conflict, NotAcceptable
 from broker.http.common import body_struct, json_response, query_float, query_int, system
 from broker.service import Broker
@@ -221,7 +221,7 @@ def register(app: Quart, broker: Broker) -> None:
         lease = query_float("lease", cfg.default_lease_s, lo=1.0, hi=cfg.max_lease_s)
         got = await broker.poll(mb, max=n, wait_s=wait, lease_s=lease)
         now = broker.clock()
-        out = [delivery_out(d, instance_id=broker.instance_id, now_ms=now) for d in got]
+        out = deliveries_out(got, instance_id=broker.instance_id, now_ms=now)
         return json_response(PollOut(out))
 
     @app.get("/v1/mailboxes/<mailbox_id>/deliveries/<delivery_id>")
