@@ -77,6 +77,8 @@ def _id_ok(text: str) -> bool:
     if text.isascii() and text.isprintable():  # no controls; only the edges can be white space
         return text[0] != " " and text[-1] != " "
     return _ID_RE.match(text) is not None
+
+
 DateTimeText = Annotated[str, Meta(pattern=_DATETIME)]
 
 

@@ -10,6 +10,7 @@ one writer job, committed with its audit events in one group commit.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -68,9 +69,18 @@ class Publishing:
     # ------------------------------------------------------------------ messages
 
     def prepare(
-        self, sender: SystemRecord, besked: Haendelsesbesked, now_ms: int, ip: str | None
+        self,
+        sender: SystemRecord,
+        besked: Haendelsesbesked,
+        now_ms: int,
+        ip: str | None,
+        memo: dict[Any, Any] | None = None,
     ) -> Publish:
         """Authorize, enrich (as KOMBIT does) and route one accepted envelope. Pure, no I/O.
+
+        ``memo`` is shared by the envelopes of one request (same sender, same ``now_ms``): the
+        send and receive decisions depend only on the envelope's access facts, which the
+        envelopes of a feed's batch mostly share, so each distinct set is decided once.
 
         Error handling:
             Raises the refusal (422 catalog / 403 agreement codes) when access control is on
@@ -79,7 +89,18 @@ class Publishing:
         facts = None
         if self.config.access_control:
             facts = extract_facts(besked)
-            check_send(facts, self.registry.agreements_of(sender.id), self.registry.catalog, now_ms)
+            memo = {} if memo is None else memo
+            verdict = memo.get(facts)
+            if verdict is None:
+                try:
+                    verdict = check_send(
+                        facts, self.registry.agreements_of(sender.id), self.registry.catalog, now_ms
+                    )
+                except BrokerError as err:
+                    verdict = err
+                memo[facts] = verdict
+            if isinstance(verdict, BrokerError):
+                raise copy.copy(verdict)  # a fresh traceback per envelope
         tid = new_uuid()
         li = besked.Beskedkuvert.Leveranceinformation
         li.TransaktionsId = UnikId(UUIDIdentifikator=tid)
@@ -91,13 +112,17 @@ class Publishing:
             dedup_key=f"{sender.id}\0{uid_key(besked.BeskedId)}".encode(),
             transaction_id=tid,
             body=_encoder.encode(besked),
-            routes=self._routes(besked, facts, now_ms),
+            routes=self._routes(besked, facts, now_ms, memo),
             received_ms=now_ms,
             dedup_window_ms=self.config.dedup_window_s * 1000,
         )
 
     def _routes(
-        self, besked: Haendelsesbesked, facts: EnvelopeFacts | None, now_ms: int
+        self,
+        besked: Haendelsesbesked,
+        facts: EnvelopeFacts | None,
+        now_ms: int,
+        memo: dict[Any, Any] | None,
     ) -> tuple[Route, ...]:
         """Matching subscriptions, kept only where the receiver's agreements admit the envelope,
         each with the TilladtModtager rewritten for that receiver."""
@@ -106,13 +131,13 @@ class Publishing:
         ]
         if facts is None or not routes:
             return tuple(routes)
-        decisions: dict[str, Any] = {}
+        memo = {} if memo is None else memo
         out = []
         for route in routes:
             owner = self._owner(route.mailbox_id)
-            decision = decisions.get(owner)
+            decision = memo.get((owner, facts))
             if decision is None:
-                decision = decisions[owner] = self.registry.receive.decide(owner, facts, now_ms)
+                decision = memo[owner, facts] = self.registry.receive.decide(owner, facts, now_ms)
             if decision.admitted:
                 out.append(
                     Route(route.mailbox_id, route.subscription_id, decision.tilladt_modtager)
@@ -176,12 +201,13 @@ class Publishing:
     ) -> tuple[list[Publish | BrokerError], list[Op]]:
         now = self.clock()
         prepared: list[Publish | BrokerError] = []
+        memo: dict[Any, Any] = {}
         for item in items:
             if isinstance(item, BrokerError):
                 prepared.append(item)
                 continue
             try:
-                prepared.append(self.prepare(sender, item, now, ip))
+                prepared.append(self.prepare(sender, item, now, ip, memo))
             except BrokerError as err:
                 prepared.append(err)
         ops: list[Op] = [p for p in prepared if isinstance(p, Publish)]

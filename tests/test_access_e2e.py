@@ -393,3 +393,29 @@ async def test_deliveries_and_acks_are_audited(governed: Api) -> None:
     assert all(
         e["mailbox"] == mb and e["detail"]["delivery_ids"] == d["delivery_id"] for e in events
     )
+
+
+async def test_a_batch_decides_each_envelope_on_its_own_facts(governed: Api) -> None:
+    # the send decision is memoised per set of access facts within one request: envelopes that
+    # share facts share the verdict, and envelopes that differ are never given another's verdict
+    admin = governed
+    sender = await admin.system("batch-sender")
+    agreement = await _agreement(sender, "send", [AARHUS, HORSENS])
+    await _decide(await _authority(admin, AARHUS), agreement, True)
+    await _decide(await _authority(admin, HORSENS), agreement, False)
+    batch = [
+        cpr_envelope(AARHUS, FOEDSEL, "1"),
+        cpr_envelope(HORSENS, FOEDSEL, "2"),  # Horsens rejected the agreement
+        cpr_envelope(AARHUS, DOEDSFALD, "3"),
+        cpr_envelope(HORSENS, FOEDSEL, "4"),
+        cpr_envelope(AARHUS, FOEDSEL, "5", besked_type=str(uuid.uuid4())),  # not in the catalog
+        cpr_envelope(AARHUS, FOEDSEL, "6"),
+    ]
+    r = await sender.call("POST", "/v1/messages/batch", json=batch, expect=200)
+    results = r.json()["results"]
+    codes = [res.get("error", {}).get("code") for res in results]
+    assert codes[0] is None and codes[2] is None and codes[5] is None
+    assert codes[1] is not None and codes[1] == codes[3]  # same facts, same refusal
+    assert codes[4] == "unknown_message_type"
+    assert r.json()["accepted"] == 3
+    assert len({res["transaction_id"] for res in results if "transaction_id" in res}) == 3
