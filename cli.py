@@ -180,6 +180,7 @@ def _detect(path: str, data: bytes, explicit: str | None, batch: bool) -> tuple[
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import gc
     import signal
 
     import trio
@@ -204,6 +205,10 @@ def _serve(args: argparse.Namespace) -> int:
         access_control=not args.no_access_control,
     )
 
+    from broker.server import GC_THRESHOLDS
+
+    gc.set_threshold(*GC_THRESHOLDS)
+
     async def run() -> None:
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -220,6 +225,8 @@ def _serve(args: argparse.Namespace) -> int:
                     config, shutdown_trigger=stop.wait, task_status=task_status
                 )
             )
+            gc.collect()
+            gc.freeze()  # start-up objects (catalog, index) leave the collector's generations
             _announce(info, config)
             await stop.wait()
         print("dueslag: stopped", flush=True)

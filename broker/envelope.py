@@ -86,7 +86,9 @@ class _Model(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=Tru
     """Project-wide defaults for the envelope: absent optional elements are omitted."""
 
 
-class _Value(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+class _Value(
+    Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False
+):
     """Base of the small immutable value types (ids, times, content items)."""
 
 
@@ -346,15 +348,27 @@ def uid_value(value: UnikIdIn | None) -> str | None:
     return value.value
 
 
+#: Keys of UUID-shaped ids seen lately: message types, actions and classifications repeat in
+#: every envelope, so the regex runs once per distinct id. Bounded: cleared when full (unique
+#: BeskedIds pass through it too, and the vocabulary refills it at once).
+_UUID_KEYS: dict[str, str] = {}
+_UUID_KEYS_MAX = 65_536
+
+
 def uid_key(value: UnikIdIn | None) -> str | None:
     """A comparison key for an identifier: UUIDs are case-insensitive, so they are lowered."""
     text = uid_value(value)
     if text is None:
         return None
-    # cheap shape test first: this runs once per envelope on the hot path
-    if len(text) == 36 and text[8] == "-" and _UUID_RE.match(text):
-        return text.lower()
-    return text
+    if len(text) != 36 or text[8] != "-":  # cheap shape test: this is the hot path
+        return text
+    key = _UUID_KEYS.get(text)
+    if key is None:
+        key = text.lower() if _UUID_RE.match(text) else text
+        if len(_UUID_KEYS) >= _UUID_KEYS_MAX:
+            _UUID_KEYS.clear()
+        _UUID_KEYS[text] = key
+    return key
 
 
 def to_builtins(besked: Haendelsesbesked) -> Any:

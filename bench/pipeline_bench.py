@@ -1,0 +1,163 @@
+"""Per-stage CPU cost of the broker's envelope path, in process, without HTTP.
+
+Usage (from the repository root)::
+
+    python3 bench/pipeline_bench.py [--batches 200] [--batch 100] [--profile STAGE]
+
+It opens a real broker on a fresh LMDB environment in a temp dir (sync on, access control on,
+audit on, the ``--demo`` set-up: one system with approved send and receive agreements and a
+mailbox subscribed to KOMBIT's test types) and pushes 1 KiB envelopes through each stage the HTTP
+handlers run, timing each stage separately (CPU time of this thread, so a busy neighbour on a
+shared machine inflates it less than wall time):
+
+* ``decode``: ``split_batch`` + ``decode_envelope`` of a 100-envelope JSON array;
+* ``prepare``: authorize, enrich, route and build the store ops (``Broker._publish_ops``);
+* ``commit``: ``store.apply`` of those ops (one LMDB write txn with fsync; CPU only);
+* ``lease``: one poll's ``store.apply([Lease])`` of up to ``--batch`` deliveries;
+* ``render``: the poll response's encode (``deliveries_out``);
+* ``ack``: ``store.apply([Ack])`` of the leased deliveries.
+
+It prints µs per envelope for each stage. The HTTP framework's own cost per request is not here
+(see ``dueslag bench --scenario single`` and docs/performance.md): this is the part dueslag
+controls. ``--profile STAGE`` runs that stage under cProfile and prints the top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from broker.codec import JSON, decode_envelope, split_batch
+from broker.config import BrokerConfig
+from broker.delivery import deliveries_out
+from broker.demo import DEMO_MESSAGE_TYPES
+from broker.server import GC_THRESHOLDS, _prepare, _seed
+from broker.service import Broker
+from store.base import Ack, Lease
+
+STAGES = ("decode", "prepare", "commit", "lease", "render", "ack")
+AUTHORITIES = ("55133018", "29189889")
+
+
+def envelope(n: int) -> bytes:
+    """A ~1 KiB envelope of a demo type, owned by a demo authority, about one CPR."""
+    body = {
+        "BeskedId": {"UUIDIdentifikator": str(uuid.uuid4())},
+        "BeskedVersion": "1.0",
+        "Beskedkuvert": {
+            "Filtreringsdata": {
+                "Beskedtype": {"UUIDIdentifikator": DEMO_MESSAGE_TYPES[n % 3]},
+                "TilladtModtager": [{"URNIdentifikator": "*"}],
+                "ObjektRegistrering": [
+                    {
+                        "ObjektAnsvarligMyndighed": {
+                            "URNIdentifikator": f"urn:oio:cvr-nr:{AUTHORITIES[n % 2]}"
+                        },
+                        "ObjektId": {"URNIdentifikator": f"urn:oio:cpr:{n % 10**10:010d}"},
+                        "OpgaveEmne": {"URNIdentifikator": "urn:oio:kle:27.24.00"},
+                    }
+                ],
+            },
+            "Leveranceinformation": {
+                "Dannelsestidspunkt": {"TidsstempelDatoTid": "2026-11-27T04:00:00Z"}
+            },
+        },
+        "Beskeddata": [{"json": {"n": n, "fyld": "x" * 560}}],
+    }
+    return msgspec.json.encode(body)
+
+
+class Timer:
+    def __init__(self, profile: str | None) -> None:
+        self.spent = dict.fromkeys(STAGES, 0.0)
+        self.wall = dict.fromkeys(STAGES, 0.0)
+        self.profile = profile
+        self.profiler = cProfile.Profile()
+
+    def run(self, stage: str, fn, *args):  # type: ignore[no-untyped-def]
+        if stage == self.profile:
+            self.profiler.enable()
+        t, w = time.thread_time(), time.perf_counter()
+        out = fn(*args)
+        self.spent[stage] += time.thread_time() - t
+        self.wall[stage] += time.perf_counter() - w
+        if stage == self.profile:
+            self.profiler.disable()
+        return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--profile", choices=STAGES)
+    args = ap.parse_args()
+    gc.set_threshold(*GC_THRESHOLDS)  # as `dueslag serve` runs
+    with tempfile.TemporaryDirectory(prefix="dueslag-pipeline-") as tmp:
+        config = BrokerConfig(data_dir=tmp, bind="127.0.0.1:0", admin_token="x" * 32, demo=True)
+        token, _, instance_id, store = _prepare(config)
+        try:
+            broker = Broker(store, config, admin_token=token, instance_id=instance_id)
+            _seed(broker, config)
+            (system,) = store.list_systems()
+            (mailbox,) = store.list_mailboxes(system.id)
+            timer = Timer(args.profile)
+            sent = delivered = 0
+            for b in range(args.batches):
+                data = (
+                    b"[" + b",".join(envelope(b * args.batch + i) for i in range(args.batch)) + b"]"
+                )
+
+                def decode(data: bytes = data) -> list:  # type: ignore[type-arg]
+                    raws = split_batch(data, JSON)
+                    return [decode_envelope(r, JSON, prefix=f"$[{i}]") for i, r in enumerate(raws)]
+
+                items = timer.run("decode", decode)
+                prepared, ops = timer.run(
+                    "prepare", broker._publish_ops, system, items, "127.0.0.1"
+                )
+                timer.run("commit", store.apply, ops, broker.clock())
+                sent += sum(1 for p in prepared if not isinstance(p, Exception))
+                now = broker.clock()
+                (got,) = timer.run(
+                    "lease", store.apply, [Lease(mailbox.id, args.batch, 30_000)], now
+                ).results
+                delivered += len(got)
+                timer.run(
+                    "render",
+                    lambda got=got, now=now: msgspec.json.encode(
+                        deliveries_out(got, instance_id=broker.instance_id, now_ms=now)
+                    ),
+                )
+                ids = tuple(d.delivery_id for d in got)
+                timer.run("ack", store.apply, [Ack(mailbox.id, ids)], broker.clock())
+        finally:
+            store.close()
+    if sent != args.batches * args.batch or delivered != sent:
+        print(f"refused or lost: sent {sent}, delivered {delivered}", file=sys.stderr)
+        return 1
+    total = 0.0
+    print(f"{sent} envelopes, {args.batch} per request; µs per envelope: CPU (wall)")
+    for stage in STAGES:
+        us = timer.spent[stage] / sent * 1e6
+        total += us
+        print(f"  {stage:8} {us:7.1f} ({timer.wall[stage] / sent * 1e6:.1f})")
+    print(f"  {'total':8} {total:7.1f}  (= {1e6 / total:,.0f} envelopes/s of one core)")
+    if args.profile:
+        pstats.Stats(timer.profiler).sort_stats("tottime").print_stats(25)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
