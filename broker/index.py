@@ -18,7 +18,10 @@ within a type by what their expression needs (:class:`broker.filters.Probe`):
 A candidate whose probe is exact (the expression *is* the probe: ``P = 'v'``, ``P in (…)``,
 ``P in valueliste('L')``, or an ``or`` of those) is a match without evaluation, and is kept as
 a bare route tuple: a hit is one dict lookup and one tuple, the same few memory accesses with
-10 or with 100,000 subscriptions. The others are evaluated once each.
+10 or with 100,000 subscriptions. The others are evaluated once each. Each type's bucket keeps
+a flat routing plan (:class:`~broker.indextables._Plan`), rebuilt after a change of its shape:
+when all its subscriptions are exact, :meth:`~SubscriptionIndex.match` is only ``(extract,
+lookup)`` pairs, with no per-envelope allocation but the answer.
 
 When an expression offers several probes (one per conjunct of an ``and``), the index files it
 under the one whose tables are currently smallest, so ``ObjektId = 'urn:oio:cpr:…' and
@@ -57,7 +60,7 @@ from broker.filters import (
     comparison_key,
     format_path_key,
 )
-from broker.indextables import Route, Subscription, _Bucket, _Table
+from broker.indextables import Route, Subscription, _Bucket, _first_per_mailbox, _Table
 from broker.valuelistmemory import (
     InMemoryValueLists,
     ValueListListener,
@@ -198,7 +201,10 @@ class SubscriptionIndex:
         for sid, places in regs.items():
             sub, route, exact = self._subs[sid], self._routes[sid], self._kind[sid] == "exact"
             for t, path in places:
-                table = self._types[t].lists[path]
+                bucket = self._types[t]
+                table = bucket.lists[path]
+                if not exact:  # the inexact tables may go from empty to not or back
+                    bucket.changed()
                 for v in removed:
                     table.discard(v, sid, exact)
                 for v in added:
@@ -230,38 +236,23 @@ class SubscriptionIndex:
             bucket = self._types.get(comparison_key(kind))
             if bucket is None:
                 return []
-        if lists is None:
-            lists = self._lists if self._lists is not None else _NO_LISTS
-        found: list[Route] = list(bucket.always.values()) if bucket.always else []
-        for sub, route in bucket.scan.values():
-            if sub.expression.evaluate(besked, lists, sub.owner):  # type: ignore[union-attr]
-                found.append(route)
-        tried: set[str] = set()
-        for tables in (bucket.eq, bucket.lists):
-            for table in tables.values():
-                exact, inexact = table.exact, table.inexact
-                for value in table.extract(besked):
-                    routes = exact.get(value)
-                    if routes is not None:
-                        if type(routes) is tuple:  # one route: the common, cheapest case
-                            found.append(routes)
-                        else:
-                            found += routes  # type: ignore[arg-type]
-                    if inexact and (candidates := inexact.get(value)) is not None:
-                        for sub, route in candidates:
-                            if sub.id not in tried:
-                                tried.add(sub.id)
-                                if sub.expression.evaluate(besked, lists, sub.owner):  # type: ignore[union-attr]
-                                    found.append(route)
-        if len(found) <= 1:
-            return found
-        # a subscription may be found twice (two of its values present): keep the first per
-        # mailbox in subscription-id order
-        found.sort(key=_by_subscription)
-        first: dict[str, Route] = {}
-        for route in found:
-            first.setdefault(route[0], route)
-        return list(first.values())
+        plan = bucket.plan or bucket.replan()
+        fast = plan.fast
+        if fast is None:
+            if lists is None:
+                lists = self._lists if self._lists is not None else _NO_LISTS
+            return plan.match_all(besked, lists)
+        # only exact subscriptions: per indexed path one probe per value, straight to routes
+        found: list[Route] = []
+        for extract, lookup in fast:
+            for value in extract(besked):
+                routes = lookup(value)
+                if routes is not None:
+                    if type(routes) is tuple:  # one route: the common, cheapest case
+                        found.append(routes)
+                    else:
+                        found += routes  # type: ignore[arg-type]
+        return found if len(found) <= 1 else _first_per_mailbox(found)
 
     # -- introspection
 
@@ -298,6 +289,8 @@ class SubscriptionIndex:
         sid = sub.id
         types = list(dict.fromkeys(comparison_key(t) for t in sub.message_types))
         buckets = [self._types.setdefault(t, _Bucket()) for t in types]
+        for b in buckets:
+            b.changed()
         route = self._routes[sid] = (sub.mailbox_id, sid)
         expr = sub.expression
         if expr is None:
@@ -363,6 +356,7 @@ class SubscriptionIndex:
         types = list(dict.fromkeys(comparison_key(t) for t in sub.message_types))
         for t in types:
             b = self._types[t]
+            b.changed()
             b.always.pop(sid, None)
             b.scan.pop(sid, None)
         exact = kind == "exact"
@@ -387,7 +381,3 @@ class SubscriptionIndex:
         for t in types:
             if not self._types[t]:
                 del self._types[t]
-
-
-def _by_subscription(route: Route) -> str:
-    return route[1]

@@ -138,6 +138,48 @@ def test_value_list_changes_affect_the_next_match() -> None:
     assert index.match(b, lists) == []
 
 
+def test_routing_plan_follows_every_change_of_shape() -> None:
+    """A message type with exact subscriptions only routes by lookups alone (its plan has a
+    ``fast`` part); anything to evaluate, however it arrives, must end that at once."""
+    lists = InMemoryValueLists()
+    lists.create("o1", "later", [])
+    index = SubscriptionIndex([cpr_sub("a", CPRS[0])], lists=lists)
+    b = envelope(registreringer=[(CPRS[0], OPRETTET)])
+    bucket = index._types[ORG_BRUGER]
+
+    def routed(fast: bool) -> list[tuple[str, str]]:
+        found = index.match(b)
+        assert bucket.plan is not None and (bucket.plan.fast is not None) == fast
+        return found
+
+    assert routed(fast=True) == [("mb-a", "a")]
+    # filed inexact under a list that is empty yet: still nothing to evaluate
+    index.add(sub("b", f"{OR}.ObjektId in valueliste('later') and {OR}.ObjektHandling != 'x'"))
+    assert index.statistics().exact == 1 and index.statistics().indexed == 2
+    assert routed(fast=True) == [("mb-a", "a")]
+    lists.add("o1", "later", [CPRS[0]])  # now a candidate: evaluated by the next match
+    assert routed(fast=False) == [("mb-a", "a"), ("mb-b", "b")]
+    lists.remove("o1", "later", [CPRS[0]])
+    assert routed(fast=True) == [("mb-a", "a")]
+    index.add(sub("c", f"{OR}.ObjektHandling != '{OPRETTET}'"))  # evaluated
+    index.add(sub("d"))  # unconditional
+    assert routed(fast=False) == [("mb-a", "a"), ("mb-d", "d")]
+    for sid in "bcd":
+        index.remove(sid)
+    assert routed(fast=True) == [("mb-a", "a")]
+    # a value list edit under exact subscriptions keeps the plan: the tables it holds change
+    index.add(sub("e", f"{OR}.ObjektId in valueliste('later')", mailbox="mb-a"))
+    assert routed(fast=True) == [("mb-a", "a")]
+    plan = bucket.plan
+    lists.add("o1", "later", [CPRS[0], CPRS[1]])
+    assert routed(fast=True) == [("mb-a", "a")] and bucket.plan is plan
+    index.remove("a")
+    assert routed(fast=True) == [("mb-a", "e")]
+    assert index.match(envelope(registreringer=[(CPRS[1], None), (CPRS[0], None)])) == [
+        ("mb-a", "e")
+    ]
+
+
 class CountingLists(InMemoryValueLists):
     """A ValueLists spy: counts how often an expression asks."""
 
