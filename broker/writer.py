@@ -2,26 +2,34 @@
 
 Theory of operation
 -------------------
-Requests submit *jobs* (a list of store operations plus a completion event) into a bounded
-channel. The writer takes the first job, drains whatever else is already queued (up to
-``max_batch_ops`` operations), and applies the whole batch in ONE store transaction inside ONE
-``trio.to_thread.run_sync`` call: begin, writes and commit happen on one thread, as LMDB
-requires, and the call is not cancellable, so a batch that started always commits or fails as
-a whole. While one commit fsyncs, the event loop keeps accepting and queueing the next batch;
-that pipelining is where throughput comes from. Only after the commit returns are the jobs'
-events set, so no caller ever answers 2xx for data that is not on disk.
+Requests submit *jobs* (a list of store operations plus a completion event). The writer's
+commit thread takes the first queued job, drains whatever else is already queued (up to
+``max_batch_ops`` operations), and applies the whole batch in ONE store transaction: begin,
+writes and commit happen on that one thread, as LMDB requires, and a batch that started always
+commits or fails as a whole. The thread then hands the outcome back to the event loop
+(``run_sync_soon``) and at once starts the next batch: commits follow each other back to back,
+without waiting for the event loop to schedule a task between them (under load that wait was
+as long as a commit). While one commit fsyncs, the event loop keeps accepting and queueing the
+next batch; that pipelining is where throughput comes from. Only after the commit returns are
+the jobs' events set, so no caller ever answers 2xx for data that is not on disk.
 
-Back-pressure: the channel is bounded. ``submit`` waits at most ``admission_timeout`` seconds
-for room, then raises :class:`~broker.errors.Overloaded` (HTTP 503 with Retry-After); memory
-never grows with load.
+The thread lives exactly as long as :meth:`Writer.run` (it runs inside one
+``trio.to_thread.run_sync`` call of a child task; no detached threads): cancelling ``run`` asks
+it to stop after the batch in hand, and jobs still queued then fail with ``shutting_down``.
 
-State owned: the receive side of the job channel. The store is shared with readers, which use
-their own short read transactions.
+Back-pressure: at most ``queue_size`` jobs wait for the thread. ``submit`` waits at most
+``admission_timeout`` seconds for room, then raises :class:`~broker.errors.Overloaded` (HTTP 503
+with Retry-After); memory never grows with load.
+
+State owned: the job queue (shared with the commit thread under one lock). The store is shared
+with readers, which use their own short read transactions.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -97,13 +105,15 @@ class Writer:
         self._store = store
         self._notifier = notifier
         self._metrics = metrics
-        self._send, self._receive = trio.open_memory_channel[_Job](queue_size)
+        self._room = trio.Semaphore(queue_size)  # one unit per job not yet taken by the thread
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition()  # guards _queue and _stopping
+        self._stopping = False
+        self._token: trio.lowlevel.TrioToken | None = None
         self._max_batch_ops = max_batch_ops
         self._admission_timeout = admission_timeout
         self._clock = clock
         self._on_commit = on_commit
-        # One token: never two writers at once, and a blocked write holds one thread only.
-        self._limiter = trio.CapacityLimiter(1)
         self._batches = 0
         self._ops = 0
         self._failed = 0
@@ -150,16 +160,24 @@ class Writer:
         if self._closed:
             raise Overloaded("the broker is shutting down", code="shutting_down", retry_after=5)
         try:
-            self._send.send_nowait(job)
+            self._room.acquire_nowait()
         except trio.WouldBlock:
             with trio.move_on_after(self._admission_timeout) as scope:
-                await self._send.send(job)
+                await self._room.acquire()
             if scope.cancelled_caught:
                 if self._metrics:
                     self._metrics.overloaded.inc()
                 raise Overloaded(
                     f"write queue full for {self._admission_timeout:g} s", retry_after=1
                 ) from None
+            if self._closed:
+                self._room.release()
+                raise Overloaded(
+                    "the broker is shutting down", code="shutting_down", retry_after=5
+                ) from None
+        with self._cond:
+            self._queue.append(job)
+            self._cond.notify()
 
     async def submit_one(self, op: Op) -> OpResult:
         """Submit a single op; a per-op BrokerError result is raised."""
@@ -171,43 +189,75 @@ class Writer:
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
-        task_status.started()
+        self._token = trio.lowlevel.current_trio_token()
         try:
-            while True:
-                first = await self._receive.receive()
-                jobs = [first]
-                n = len(first.ops)
-                while n < self._max_batch_ops:
-                    try:
-                        job = self._receive.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                    jobs.append(job)
-                    n += len(job.ops)
-                self._commit(jobs, await self._apply(jobs))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_thread)
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    with self._cond:  # the thread finishes the batch in hand, then returns
+                        self._stopping = True
+                        self._cond.notify()
         finally:
             self._closed = True
             self._fail_queued()
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _apply(self, jobs: list[_Job]) -> ApplyOutcome | StoreError:
-        ops = [op for job in jobs for op in job.ops]
-        started = time.perf_counter()
+    async def _run_thread(self) -> None:
+        # Not cancellable (LMDB: a started batch must commit on its thread); it returns once
+        # run() has set _stopping.
+        await trio.to_thread.run_sync(self._commit_loop)
+
+    def _commit_loop(self) -> None:
+        """The commit thread: take a batch, apply it, hand the outcome back, repeat."""
+        assert self._token is not None
+        token = self._token
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                jobs = [self._queue.popleft()]
+                n = len(jobs[0].ops)
+                while self._queue and n < self._max_batch_ops:
+                    jobs.append(self._queue.popleft())
+                    n += len(jobs[-1].ops)
+            token.run_sync_soon(self._release, len(jobs))  # their room is free again
+            ops = [op for job in jobs for op in job.ops]
+            started = time.perf_counter()
+            outcome: ApplyOutcome | StoreError
+            try:
+                outcome = self._store.apply(ops, self._clock())
+            except StoreError as exc:
+                outcome = exc
+            except Exception as exc:  # a bug in the store must not kill the writer silently
+                outcome = StoreError(f"store failed to apply a batch: {exc!r}")
+            token.run_sync_soon(self._settle, jobs, ops, outcome, time.perf_counter() - started)
+
+    def _release(self, n: int) -> None:
+        for _ in range(n):
+            self._room.release()
+
+    def _settle(
+        self, jobs: list[_Job], ops: list[Op], outcome: ApplyOutcome | StoreError, seconds: float
+    ) -> None:
+        """In the event loop: answer the jobs of one batch (after its commit). A callback of
+        ``run_sync_soon`` must not raise (trio would abort the run), hence the guard."""
         try:
-            outcome = await trio.to_thread.run_sync(
-                self._store.apply, ops, self._clock(), limiter=self._limiter
-            )
-        except StoreError as exc:
-            return exc
-        except Exception as exc:  # a bug in the store must not kill the writer silently
-            return StoreError(f"store failed to apply a batch: {exc!r}")
-        if self._metrics:
-            self._metrics.commit_seconds.observe(time.perf_counter() - started)
-            self._metrics.batch_ops.observe(len(ops))
-        if self._on_commit is not None:
-            self._on_commit(ops, outcome)
-        return outcome
+            self._answer(jobs, ops, outcome, seconds)
+        except Exception:  # pragma: no cover - a bug; the jobs' waiters would hang otherwise
+            log.exception("settling a committed batch failed")
+            for job in jobs:
+                if not job.done.is_set():
+                    job.error = StoreError("internal error while answering a committed batch")
+                    job.settle()
 
-    def _commit(self, jobs: list[_Job], outcome: ApplyOutcome | StoreError) -> None:
+    def _answer(
+        self, jobs: list[_Job], ops: list[Op], outcome: ApplyOutcome | StoreError, seconds: float
+    ) -> None:
         self._batches += 1
         if isinstance(outcome, StoreError):
             self._failed += 1
@@ -215,6 +265,14 @@ class Writer:
                 job.error = outcome
                 job.settle()
             return
+        if self._metrics:
+            self._metrics.commit_seconds.observe(seconds)
+            self._metrics.batch_ops.observe(len(ops))
+        if self._on_commit is not None:
+            try:
+                self._on_commit(ops, outcome)
+            except Exception:
+                log.exception("the on_commit hook failed")
         i = 0
         for job in jobs:
             k = len(job.ops)
@@ -227,17 +285,16 @@ class Writer:
 
     def _fail_queued(self) -> None:
         err = Overloaded("the broker is shutting down", code="shutting_down", retry_after=5)
-        while True:
-            try:
-                job = self._receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return
+        with self._cond:
+            jobs = list(self._queue)
+            self._queue.clear()
+        for job in jobs:
             job.error = err
             job.settle()
 
     def statistics(self) -> WriterStats:
         return WriterStats(
-            queued_jobs=self._send.statistics().current_buffer_used,
+            queued_jobs=len(self._queue),
             batches=self._batches,
             ops=self._ops,
             failed_batches=self._failed,

@@ -36,9 +36,11 @@ class CountingStore(MemoryStore):
         self.batches: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # set when an apply() has begun
         self.fail_next = False
 
     def apply(self, ops: Sequence[Op], now_ms: int) -> ApplyOutcome:
+        self.entered.set()
         self.gate.wait(10)
         if self.fail_next:
             self.fail_next = False
@@ -114,7 +116,9 @@ async def test_full_queue_answers_overloaded(autojump_clock: trio.abc.Clock) -> 
         await n.start(writer.run)
         store.gate.clear()
         n.start_soon(send, 0)
-        await trio.testing.wait_all_tasks_blocked()  # the writer is now inside apply()
+        # the commit thread is now inside apply() (and has given job 0's room back: it does
+        # that before applying, and this wait's own answer comes through the same queue)
+        assert await trio.to_thread.run_sync(store.entered.wait, 10)
         for i in range(1, 4):  # one fits the queue, two wait for room and time out
             n.start_soon(send, i)
         await trio.sleep(3)  # past the admission timeout (autojump: no real wait)
@@ -156,6 +160,38 @@ async def test_submit_after_stop_is_refused() -> None:
     with pytest.raises(Overloaded) as exc:
         await writer.submit([_publish(1)])
     assert exc.value.code == "shutting_down"
+
+
+async def test_stop_commits_the_batch_in_hand_and_refuses_the_queued() -> None:
+    store = CountingStore()
+    _setup(store)
+    writer = Writer(store, Notifier(), clock=FakeClock())
+    outcomes: dict[int, object] = {}
+
+    async def send(i: int) -> None:
+        try:
+            (outcomes[i],) = await writer.submit([_publish(i)])
+        except Overloaded as exc:
+            outcomes[i] = exc
+
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as n:
+            await n.start(writer.run)
+            store.gate.clear()
+            outer.start_soon(send, 0)
+            assert await trio.to_thread.run_sync(store.entered.wait, 10)
+            outer.start_soon(send, 1)  # queued behind the held commit
+            await trio.testing.wait_all_tasks_blocked()
+
+            async def open_gate_once_stopping() -> None:
+                await trio.testing.wait_all_tasks_blocked()  # run()'s stop has been signalled
+                store.gate.set()
+
+            outer.start_soon(open_gate_once_stopping)
+            n.cancel_scope.cancel()  # stop the writer while batch 0 is inside apply()
+    assert isinstance(outcomes[0], PublishResult)  # the batch in hand committed and answered
+    assert isinstance(outcomes[1], Overloaded) and outcomes[1].code == "shutting_down"
+    assert store.mailbox_stats("mb").ready == 1
 
 
 async def test_notifier_wakes_waiter_and_never_loses_a_wakeup(
