@@ -7,7 +7,7 @@ re-exported by :mod:`broker.index`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final, TypeAlias
+from typing import TypeAlias
 
 import msgspec
 
@@ -191,9 +191,4 @@ def _fresh(text: str) -> str:
     kilobyte each); copies made while filing sit densely together, which with 100,000
     subscriptions saves a cache and TLB miss per hit.
     """
-    # through a temporary at least 32 characters longer, so in another allocator size class:
-    # ``(text + " ")[:-1]`` would leave a hole of the key's size after each key
-    return (text + _PAD)[: len(text)]
-
-
-_PAD: Final = " " * 32
+    return (text + " ")[:-1]
