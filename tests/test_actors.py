@@ -174,21 +174,20 @@ async def test_stop_commits_the_batch_in_hand_and_refuses_the_queued() -> None:
         except Overloaded as exc:
             outcomes[i] = exc
 
-    async with trio.open_nursery() as outer:
-        async with trio.open_nursery() as n:
-            await n.start(writer.run)
-            store.gate.clear()
-            outer.start_soon(send, 0)
-            assert await trio.to_thread.run_sync(store.entered.wait, 10)
-            outer.start_soon(send, 1)  # queued behind the held commit
-            await trio.testing.wait_all_tasks_blocked()
+    async with trio.open_nursery() as outer, trio.open_nursery() as n:
+        await n.start(writer.run)
+        store.gate.clear()
+        outer.start_soon(send, 0)
+        assert await trio.to_thread.run_sync(store.entered.wait, 10)
+        outer.start_soon(send, 1)  # queued behind the held commit
+        await trio.testing.wait_all_tasks_blocked()
 
-            async def open_gate_once_stopping() -> None:
-                await trio.testing.wait_all_tasks_blocked()  # run()'s stop has been signalled
-                store.gate.set()
+        async def open_gate_once_stopping() -> None:
+            await trio.testing.wait_all_tasks_blocked()  # run()'s stop has been signalled
+            store.gate.set()
 
-            outer.start_soon(open_gate_once_stopping)
-            n.cancel_scope.cancel()  # stop the writer while batch 0 is inside apply()
+        outer.start_soon(open_gate_once_stopping)
+        n.cancel_scope.cancel()  # stop the writer while batch 0 is inside apply()
     assert isinstance(outcomes[0], PublishResult)  # the batch in hand committed and answered
     assert isinstance(outcomes[1], Overloaded) and outcomes[1].code == "shutting_down"
     assert store.mailbox_stats("mb").ready == 1
