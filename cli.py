@@ -38,8 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="data directory (LMDB store, admin token) (default %(default)s)",
     )
     s.add_argument(
-        "--workers", type=int, default=1, help="server processes (reserved: only 1 for now)"
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the store and the port (docs/workers.md)",
     )
+    # internal: how the parent of --workers N starts each worker process (broker/workers.py)
+    s.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    s.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     s.add_argument(
         "--admin-token",
         default=None,
@@ -179,6 +185,9 @@ def _detect(path: str, data: bytes, explicit: str | None, batch: bool) -> tuple[
     return "application/json", batch
 
 
+MAX_WORKERS = 64
+
+
 def _serve(args: argparse.Namespace) -> int:
     import gc
     import signal
@@ -188,11 +197,8 @@ def _serve(args: argparse.Namespace) -> int:
     from broker.config import BrokerConfig
     from broker.server import ServerInfo, serve
 
-    if args.workers != 1:
-        print(
-            "dueslag: --workers > 1 is not supported yet (reserved for multi-core serving)",
-            file=sys.stderr,
-        )
+    if not 1 <= args.workers <= MAX_WORKERS:
+        print(f"dueslag: --workers must be between 1 and {MAX_WORKERS}", file=sys.stderr)
         return 2
     config = BrokerConfig(
         data_dir=args.data,
@@ -204,6 +210,13 @@ def _serve(args: argparse.Namespace) -> int:
         dedup_window_s=args.dedup_window,
         access_control=not args.no_access_control,
     )
+    if args.workers > 1 and args.worker_index is None:
+        return _serve_workers(config)
+    worker = None
+    if args.worker_index is not None:
+        from broker.peers import WorkerSlot
+
+        worker = WorkerSlot(index=args.worker_index, count=args.workers, data_dir=args.data)
 
     from broker.server import GC_THRESHOLDS
 
@@ -211,28 +224,67 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         stop = trio.Event()
+        watchers = [trio.CancelScope(), trio.CancelScope()]  # what sets ``stop``; ended after
         async with trio.open_nursery() as nursery:
 
             async def on_signals() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                with (
+                    watchers[0],
+                    trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+                ):
                     async for _ in signals:
                         stop.set()
                         return
 
+            async def on_parent_exit() -> None:
+                from broker.workers import watch_parent
+
+                with watchers[1]:
+                    await watch_parent(stop)
+
             nursery.start_soon(on_signals)
+            if worker is not None:
+                nursery.start_soon(on_parent_exit)
             info: ServerInfo = await nursery.start(
                 lambda task_status: serve(
-                    config, shutdown_trigger=stop.wait, task_status=task_status
+                    config, shutdown_trigger=stop.wait, worker=worker, task_status=task_status
                 )
             )
             gc.collect()
             gc.freeze()  # start-up objects (catalog, index) leave the collector's generations
-            _announce(info, config)
+            if worker is None:
+                _announce(info, config)
+            elif args.ready_fd is not None:
+                from broker.workers import ready_signal
+
+                ready_signal(args.ready_fd)
             await stop.wait()
-        print("dueslag: stopped", flush=True)
+            for scope in watchers:
+                scope.cancel()
+        if worker is None:
+            print("dueslag: stopped", flush=True)
 
     trio.run(run)
     return 0
+
+
+def _serve_workers(config: Any) -> int:
+    """The parent of ``--workers N``: prepare once, then run and watch the workers."""
+    import trio
+
+    from broker.server import prepare_data
+    from broker.workers import Supervisor
+
+    token, token_new = prepare_data(config)
+
+    def announce(url: str) -> None:
+        info = argparse.Namespace(binds=[url], admin_token=token, admin_token_new=token_new)
+        _announce(info, config)
+        print(f"dueslag: {config.workers} worker processes", flush=True)
+
+    rc = trio.run(Supervisor(config, token, announce).run)
+    print("dueslag: stopped", flush=True)
+    return rc
 
 
 def _announce(info: Any, config: Any) -> None:

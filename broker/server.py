@@ -7,6 +7,11 @@ Supervision tree (outer to inner)::
           ├─ Broker.run     writer + sweeper
           └─ hypercorn      HTTP; on shutdown it drains for graceful_timeout seconds
 
+With ``worker`` (one of the processes of ``serve --workers N``, see broker/workers.py) the
+parent has already prepared and seeded the store and ``bind`` is the inherited listening socket
+(``fd://N``); this process binds its peer socket (broker/peers.py) before it loads anything from
+the store, and only worker 0 runs the sweeper.
+
 Shutdown: the trigger ends hypercorn (in-flight requests get ``graceful_timeout``), then the
 actors are cancelled (a commit already running always finishes: the thread call is not
 cancellable) and only then is the store closed.
@@ -23,11 +28,12 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from broker.config import BrokerConfig, load_or_create_admin_token, load_or_create_instance_id
 from broker.http import create_app, streams
+from broker.peers import Peers, WorkerSlot
 from broker.service import Broker
 from broker.writer import wall_ms
 from store.base import Store
 
-__all__ = ["GC_THRESHOLDS", "ServerInfo", "serve"]
+__all__ = ["GC_THRESHOLDS", "ServerInfo", "prepare_data", "serve"]
 
 #: ``gc.set_threshold`` for a serving process. The envelope path allocates many small
 #: containers, and the default gen-0 threshold (700) runs a collection every few envelopes; this
@@ -76,21 +82,59 @@ def _seed(broker: Broker, config: BrokerConfig) -> None:
         broker.reload()
 
 
+def prepare_data(config: BrokerConfig) -> tuple[str, bool]:
+    """What the parent of several workers does once, before any of them starts: the data
+    dir, the admin token, the instance id and the seeded store (opened and closed here).
+    Returns the admin token and whether it was generated just now."""
+    from broker.registry import Registry
+
+    token, token_new, _, store = _prepare(config)
+    try:
+        ops = Registry.load(store).seed_ops()
+        if ops:
+            store.apply(ops, wall_ms())
+        if config.demo:
+            from broker.demo import ensure_demo
+
+            ensure_demo(store, config.data_dir)
+    finally:
+        store.close()
+    return token, token_new
+
+
 async def serve(
     config: BrokerConfig,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     clock: Callable[[], int] = wall_ms,
+    worker: WorkerSlot | None = None,
     task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (forever if None).
 
     ``clock`` (wall milliseconds) is injectable so tests can move time without sleeping.
+    ``worker``: this process is one of several workers on one store (see the module docstring).
     """
-    token, token_new, instance_id, store = await trio.to_thread.run_sync(_prepare, config)
+    # Bound before the store is read: a peer's change committed from now on reaches us.
+    peers = None if worker is None else Peers(worker)
     try:
-        broker = Broker(store, config, admin_token=token, instance_id=instance_id, clock=clock)
-        await trio.to_thread.run_sync(_seed, broker, config)
+        token, token_new, instance_id, store = await trio.to_thread.run_sync(_prepare, config)
+    except BaseException:
+        if peers is not None:
+            peers.close()
+        raise
+    try:
+        broker = Broker(
+            store,
+            config,
+            admin_token=token,
+            instance_id=instance_id,
+            clock=clock,
+            peers=peers,
+            sweep=worker is None or worker.index == 0,
+        )
+        if worker is None:
+            await trio.to_thread.run_sync(_seed, broker, config)
         hc = HyperConfig()
         hc.bind = [config.bind]
         hc.graceful_timeout = config.graceful_timeout_s
@@ -111,4 +155,6 @@ async def serve(
             binds = await nursery.start(http)
             task_status.started(ServerInfo(binds, broker, token, token_new))
     finally:
+        if peers is not None:
+            peers.close()
         store.close()

@@ -30,6 +30,7 @@ from broker.governance import Governance
 from broker.index import Subscription, SubscriptionIndex
 from broker.metrics import Metrics
 from broker.notifier import Notifier
+from broker.peers import Peers
 from broker.publishing import Publishing, new_uuid
 from broker.receiving import Receiving
 from broker.registry import Registry
@@ -97,7 +98,12 @@ class Broker(Publishing, Receiving):
         admin_token: str,
         instance_id: str | None = None,
         clock: Callable[[], int] = wall_ms,
+        peers: Peers | None = None,
+        sweep: bool = True,
     ) -> None:
+        """``peers``: this process is one of several workers (``serve --workers N``); commits
+        are announced to the others and their notices applied here (broker/peers.py).
+        ``sweep``: run the sweeper (exactly one worker of several does)."""
         self.store = store
         self.config = config
         self.instance_id = instance_id or str(uuid.uuid4())
@@ -111,7 +117,10 @@ class Broker(Publishing, Receiving):
             queue_size=config.writer_queue,
             admission_timeout=config.admission_timeout_s,
             clock=self.clock,
+            on_commit=None if peers is None else peers.on_commit,
         )
+        self.peers = peers
+        self._sweep = sweep
         self.sweeper = Sweeper(self.writer, metrics=self.metrics, interval=config.sweep_interval_s)
         self.registry = Registry.load(store)
         self.routing = self._build_index()
@@ -135,7 +144,10 @@ class Broker(Publishing, Receiving):
     ) -> NoReturn:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.writer.run)
-            await nursery.start(self.sweeper.run)
+            if self._sweep:
+                await nursery.start(self.sweeper.run)
+            if self.peers is not None:
+                await nursery.start(self.peers.run, self)
             self.ready = True
             task_status.started()
             try:
@@ -143,6 +155,23 @@ class Broker(Publishing, Receiving):
             finally:
                 self.ready = False
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def forget_mailbox(self, mailbox_id: str) -> None:
+        """Drop a mailbox deleted by another worker from the index and caches."""
+        self._mailboxes.pop(mailbox_id, None)
+        self.routing.remove_mailbox(mailbox_id)
+        self.notifier.forget(mailbox_id)
+
+    def refresh_subscription(self, sub_id: str) -> None:
+        """Re-read one subscription changed by another worker into the routing index."""
+        record = self.store.get_subscription(sub_id)
+        if record is None:
+            if sub_id in self.routing:
+                self.routing.remove(sub_id)
+        elif sub_id in self.routing:
+            self.routing.replace(index_subscription(record))
+        else:
+            self.routing.add(index_subscription(record))
 
     def _build_index(self) -> SubscriptionIndex:
         """The subscription index over every stored subscription, watching the value lists so

@@ -42,7 +42,15 @@ from types import TracebackType
 
 import httpx
 
-__all__ = ["REPO_ROOT", "ServerProcess", "ServerStartError", "free_port", "proc_status_kb"]
+__all__ = [
+    "REPO_ROOT",
+    "ServerProcess",
+    "ServerStartError",
+    "child_pids",
+    "free_port",
+    "pid_alive",
+    "proc_status_kb",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -80,6 +88,32 @@ def proc_status_kb(
     return out
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux ``/proc``), e.g. the workers of a server."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()  # after "pid (comm)": state, ppid, ...
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry))
+    return sorted(out)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a dead child nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class ServerProcess:
     """One ``dueslag serve`` child process on 127.0.0.1.
 
@@ -89,6 +123,8 @@ class ServerProcess:
         extra_args: more ``serve`` flags (e.g. ``["--no-sync"]``).
         env: extra environment variables for the child.
         start_timeout: seconds :meth:`start` waits for the listening line and ``/readyz`` 200.
+        workers: ``--workers`` (processes serving one store); the default 1 is one process.
+        access_control: False (the default) passes ``--no-access-control``.
     """
 
     def __init__(
@@ -99,8 +135,12 @@ class ServerProcess:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         start_timeout: float = START_TIMEOUT_S,
+        workers: int = 1,
+        access_control: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.workers = workers
+        self.access_control = access_control
         self.admin_token = admin_token or "adm_test_" + secrets.token_hex(16)
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
@@ -160,7 +200,8 @@ class ServerProcess:
             "--data",
             str(self.data_dir),
             # these tests and benches exercise the delivery core: no catalog/agreement set-up
-            "--no-access-control",
+            *([] if self.access_control else ["--no-access-control"]),
+            *([] if self.workers == 1 else ["--workers", str(self.workers)]),
             *self.extra_args,
         ]
 

@@ -13,7 +13,10 @@ from broker.http import admin, governance, mailboxes, messages, streams
 from broker.http.common import error_response, http_exception_response, json_response
 from broker.service import Broker
 
-__all__ = ["create_app"]
+__all__ = ["WORKER_HEADER", "create_app"]
+
+#: Response header naming the worker process that answered (only with ``serve --workers N``).
+WORKER_HEADER = "X-Dueslag-Worker"
 
 log = logging.getLogger("dueslag.http")
 
@@ -39,9 +42,32 @@ def create_app(broker: Broker) -> QuartTrio:
         log.exception("unhandled error in a request handler")
         return json_response({"error": {"code": "internal", "message": "internal error"}}, 500)
 
+    if broker.peers is not None:
+        _serve_as_worker(app, broker)
     messages.register(app, broker)
     mailboxes.register(app, broker)
     admin.register(app, broker)
     governance.register(app, broker)
     streams.register(app, broker)
     return app
+
+
+def _serve_as_worker(app: QuartTrio, broker: Broker) -> None:
+    """One of several workers: apply queued peer notices before each request (so a change
+    another worker acknowledged is seen here, see broker/peers.py), and name the worker."""
+    peers = broker.peers
+    assert peers is not None
+    worker = str(peers.index)
+
+    @app.before_request
+    async def drain_peer_notices() -> None:
+        peers.drain()
+
+    @app.before_websocket
+    async def drain_peer_notices_ws() -> None:
+        peers.drain()
+
+    @app.after_request
+    async def name_worker(response: Response) -> Response:
+        response.headers[WORKER_HEADER] = worker
+        return response
