@@ -251,7 +251,17 @@ def ack(batch: Batch, op: Ack) -> AckResult:
         batch.txn.put_many(Db.COPY, copies)
         batch.txn.put_sorted(Db.COPY_EXPIRY, index)
         batch.counters(mailbox.num)[COPY] += len(settled)
+        head_freed(batch, mailbox)
     return AckResult(count=len(settled), failed=tuple(failed))
+
+
+def head_freed(batch: Batch, mailbox: MailboxRecord) -> None:
+    """A strict mailbox offers nothing behind its earliest delivery in flight: when deliveries
+    leave the in-flight state without becoming ready (ack, dead letter), what waited behind
+    them may be offered now, so the mailbox counts as having gained ready deliveries (its
+    long-pollers and consume streams are woken, in every worker)."""
+    if mailbox.strict and batch.counters(mailbox.num)[READY] > 0:
+        batch.ready.add(mailbox.id)
 
 
 def to_dead(
@@ -299,6 +309,8 @@ def nack(batch: Batch, op: Nack) -> AckResult:
             to_dead(batch, mailbox, seq, attempt, sub, "max_deliveries", tm)
         else:
             to_ready(batch, mailbox, seq, attempt, sub, tm)
+    if settled:
+        head_freed(batch, mailbox)
     return AckResult(count=len(settled), failed=tuple(failed))
 
 

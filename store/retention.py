@@ -23,7 +23,7 @@ from broker.errors import InvalidInput
 from . import keys as k
 from .base import MailboxRecord, Sweep, SweepResult
 from .batch import COPY, DEAD, IN_FLIGHT, Batch
-from .deliveries import MAX_MS, to_dead, to_ready
+from .deliveries import MAX_MS, head_freed, to_dead, to_ready
 from .keys import Db
 
 __all__ = ["dedup_cutoff", "purge_mailbox", "sweep"]
@@ -60,6 +60,7 @@ def _expire_leases(batch: Batch, limit: int, result: dict[str, int]) -> bool:
         attempt, sub, tm = flight.attempt, flight.subscription_id, flight.tm
         if attempt >= mailbox.max_deliveries:
             to_dead(batch, mailbox, seq, attempt, sub, "max_deliveries", tm)
+            head_freed(batch, mailbox)
             result["dead_lettered"] += 1
         else:
             to_ready(batch, mailbox, seq, attempt, sub, tm)

@@ -279,6 +279,28 @@ async def test_strict_mailbox_is_head_of_line_fifo(
     assert [d["envelope"]["BeskedId"]["UUIDIdentifikator"] for d in rest] == ["s-1", "s-2"]
 
 
+async def test_strict_mailbox_wakes_its_long_poll_when_the_head_is_acked(admin: Api) -> None:
+    sys = await admin.system()
+    mb = await sys.mailbox(TYPE1, strict=True)
+    for i in range(2):
+        await sys.send(envelope(TYPE1, besked_id=f"h-{i}"))
+    (head,) = await sys.poll(mb, max=1)
+    got: list[list[dict[str, object]]] = []
+
+    async def waiter() -> None:  # waits behind the head in flight
+        got.append(await sys.poll(mb, wait=10))
+
+    with trio.fail_after(5):  # well under the poll's wait: the ack must wake it
+        async with trio.open_nursery() as n:
+            n.start_soon(waiter)
+            await trio.sleep(0.2)
+            assert not got
+            await sys.call(
+                "POST", f"/v1/mailboxes/{mb}/ack", json={"delivery_ids": [head["delivery_id"]]}
+            )
+    assert [d["envelope"]["BeskedId"]["UUIDIdentifikator"] for d in got[0]] == ["h-1"]
+
+
 async def test_long_poll_wakes_on_commit(admin: Api) -> None:
     sys = await admin.system()
     mb = await sys.mailbox(TYPE1)
