@@ -192,7 +192,14 @@ class Model:
                     self.to_dead(rec, "max_deliveries")
                 else:
                     self.to_ready(box, rec, rec.attempt)
+        if count:
+            self.head_freed(box)
         return AckResult(count=count, failed=tuple(failed))
+
+    def head_freed(self, box: Box) -> None:
+        # a strict mailbox whose in-flight head left may offer what waited behind it
+        if box.strict and box.seqs("ready"):
+            self.ready.add(box.id)
 
     def sweep(self, limit: int) -> SweepResult:
         by_num = {box.num: box for box in self.boxes.values()}
@@ -218,6 +225,7 @@ class Model:
             counts["expired_leases"] += 1
             if rec.attempt >= box.max_deliveries:
                 self.to_dead(rec, "max_deliveries")
+                self.head_freed(box)
                 counts["dead_lettered"] += 1
             else:
                 self.to_ready(box, rec, rec.attempt)
