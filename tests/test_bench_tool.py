@@ -428,6 +428,7 @@ def _assert_accounted(report: dict[str, Any]) -> None:
     ("name", "overrides"),
     [
         ("fanout", {"rate": 300.0, "senders": 2, "batch": 20}),
+        ("fanout", {"rate": 300.0, "senders": 2, "batch": 20, "consume": "poll"}),
         ("single", {"rate": 60.0, "senders": 3, "baseline_s": 0.5}),
         ("drain", {"rate": 200.0, "senders": 2, "batch": 25}),
         # the count ends this one; the duration only bounds it (a loaded machine is slow)
@@ -543,3 +544,12 @@ def test_unreachable_broker_exits_1(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert run_bench(args) == 1
     assert "cannot reach the broker" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_consume_url_names_the_mailbox_stream() -> None:
+    from broker.loadtest.consumers import consume_url
+
+    assert consume_url("http://127.0.0.1:8080", "mb-1", 30.0) == (
+        "ws://127.0.0.1:8080/v1/stream/mailboxes/mb-1/consume?lease=30"
+    )
+    assert consume_url("https://h/base/", "x", 1.5).startswith("wss://h/base/v1/stream/")

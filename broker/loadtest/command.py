@@ -72,6 +72,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     over.add_argument("--receivers", type=int, default=None, help="receiving systems")
     over.add_argument("--count", type=int, default=None, help="stop after this many envelopes")
     over.add_argument(
+        "--consume",
+        choices=["poll", "stream"],
+        default=None,
+        help="receive by HTTP long-poll + ack, or on the WebSocket consume stream",
+    )
+    over.add_argument(
         "--drain", type=float, default=None, help="max seconds to drain after the load"
     )
     over.add_argument("--quiet", action="store_true", help="no live display, no summary line")
@@ -109,6 +115,7 @@ def run_bench(args: argparse.Namespace) -> int:
             receivers=args.receivers,
             count=args.count,
             drain_s=args.drain,
+            consume=args.consume,
         )
     except ScenarioError as exc:
         print(f"dueslag bench: {exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ from broker.loadtest.provision import MailboxInfo
 from broker.loadtest.state import RunState
 from broker.loadtest.transport import client
 
-__all__ = ["MAX_ACK_IDS", "Receivers", "book_poll"]
+__all__ = ["MAX_ACK_IDS", "Receivers", "book_deliveries", "book_poll"]
 
 MAX_ACK_IDS = 5000
 ACK_QUEUE = 8  # poll answers waiting for their ack, per mailbox
@@ -66,7 +66,13 @@ _ack_out = msgspec.json.Decoder(_AckOut)
 
 def book_poll(state: RunState, mailbox: int, body: bytes, received_at: float) -> list[str]:
     """Book one poll answer: classify every copy, record latencies; returns the ids to ack."""
-    deliveries = _poll.decode(body).deliveries
+    return book_deliveries(state, mailbox, _poll.decode(body).deliveries, received_at)
+
+
+def book_deliveries(
+    state: RunState, mailbox: int, deliveries: list[_Delivery], received_at: float
+) -> list[str]:
+    """Book deliveries (of a poll or a consume-stream frame); returns the ids to ack."""
     ledger, parse, sent_at = state.ledger, state.ids.parse, state.ledger.sent_at
     latencies: list[int] = []
     for d in deliveries:

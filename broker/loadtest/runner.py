@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import trio
 
+from broker.loadtest.consumers import StreamReceivers
 from broker.loadtest.envelopes import EnvelopeFactory, IdScheme
 from broker.loadtest.latency import percentiles_ms
 from broker.loadtest.ledger import Ledger
@@ -116,7 +117,7 @@ async def _senders(state: RunState, base_url: str, tokens: tuple[str, ...]) -> N
 
 
 async def _load_and_drain(
-    state: RunState, base_url: str, prov: Provisioned, receivers: Receivers
+    state: RunState, base_url: str, prov: Provisioned, receivers: Receivers | StreamReceivers
 ) -> float:
     """The load, then the drain; returns how long the drain took."""
     sc = state.scenario
@@ -200,7 +201,11 @@ async def run_scenario(
         before = await _scrape(http, admin_token, state)
         host_before = host_load()
         cpu0 = time.process_time()
-        receivers = Receivers(state, base_url, prov.mailboxes)
+        receivers: Receivers | StreamReceivers = (
+            StreamReceivers(state, base_url, prov.mailboxes)
+            if scenario.consume == "stream"
+            else Receivers(state, base_url, prov.mailboxes)
+        )
         hard = scenario.duration_s + SENDER_GRACE_S + scenario.drain_s + STOP_TIMEOUT_S + 30
         drain_s = 0.0
         with contextlib.ExitStack() as stack:

@@ -32,6 +32,7 @@ MAX_ENVELOPES = 5_000_000
 
 Mode = Literal["batch", "single", "stream"]
 Receive = Literal["concurrent", "after"]
+Consume = Literal["poll", "stream"]
 
 
 class ScenarioError(ValueError):
@@ -82,6 +83,9 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     durable: bool = True
     #: ``concurrent``: receivers run during the load; ``after``: they drain the backlog after it
     receive: Receive = "concurrent"
+    #: ``poll``: HTTP long-poll + ``POST …/ack``; ``stream``: the WebSocket consume stream with
+    #: ``poll_max`` deliveries of credit per mailbox, acks (carrying new credit) as frames
+    consume: Consume = "poll"
     poll_max: Annotated[int, Meta(ge=1, le=1000)] = 1000
     poll_wait_s: Annotated[float, Meta(ge=0, le=30)] = 5.0
     lease_s: Annotated[float, Meta(ge=1, le=3600)] = 30.0
@@ -131,10 +135,12 @@ BUILTIN: dict[str, Scenario] = {
         Scenario(
             name="fanout",
             description="anchor: 1 KiB envelopes, 10 mailboxes, each envelope matching 1-3, "
-            "batch ingest of 100, as fast as possible, durable, receivers draining concurrently",
+            "batch ingest of 100, as fast as possible, durable, receivers draining concurrently "
+            "on consume streams",
             mode="batch",
             senders=4,
             batch=100,
+            consume="stream",
             **_ANCHOR,  # type: ignore[arg-type]
         ),
         Scenario(
@@ -157,17 +163,19 @@ BUILTIN: dict[str, Scenario] = {
             senders=1,
             batch=1,
             window=1000,
+            consume="stream",
             **_ANCHOR,  # type: ignore[arg-type]
         ),
         Scenario(
             name="latency",
             description="fixed 1,000 envelopes/s, each sent the moment it is due (one per frame "
-            "on the publish stream), to receivers waiting in a long poll: send->delivered latency",
+            "on the publish stream), to receivers waiting on consume streams: send->delivered latency",
             mode="stream",
             senders=1,
             batch=1,
             window=1000,
             rate=1000.0,
+            consume="stream",
             **_ANCHOR,  # type: ignore[arg-type]
         ),
         Scenario(

@@ -1,0 +1,136 @@
+"""Stream receivers: per mailbox, one WebSocket consume stream (``/v1/stream/mailboxes/{id}/
+consume``) instead of long polls, for scenarios with ``consume: stream``.
+
+Each stream grants ``poll_max`` deliveries of credit at the start. Every ``deliveries`` frame is
+booked at once (the same ledger rules as a poll answer) and acknowledged with one ``ack`` frame
+that grants as much credit again, so at most ``poll_max`` deliveries are unacknowledged per
+mailbox, with no HTTP request per batch or per ack.
+
+Stopping (:meth:`StreamReceivers.stop`): no more credit is granted; each stream waits (bounded
+by :data:`ACK_WAIT_S`) for the replies to the acks it sent, then closes. Deliveries that were
+leased but not acknowledged come back after the lease, as at-least-once promises.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import trio
+
+from broker.loadtest.provision import MailboxInfo
+from broker.loadtest.receivers import _Delivery, _Failed, book_deliveries
+from broker.loadtest.state import RunState
+
+__all__ = ["StreamReceivers", "consume_url"]
+
+ACK_WAIT_S = 30.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class _ErrorBody(msgspec.Struct):
+    code: str
+    message: str = ""
+
+
+class _Frame(msgspec.Struct):
+    """Any server frame of the consume stream: deliveries, an ack reply or an error."""
+
+    deliveries: list[_Delivery] | None = None
+    acked: int | None = None
+    failed: list[_Failed] = []
+    error: _ErrorBody | None = None
+
+
+_frame = msgspec.json.Decoder(_Frame)
+
+
+def consume_url(base_url: str, mailbox_id: str, lease_s: float) -> str:
+    """``http(s)://host:port`` -> ``ws(s)://host:port/v1/stream/mailboxes/{id}/consume?lease=``."""
+    parts = urlsplit(base_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    path = f"{parts.path.rstrip('/')}/v1/stream/mailboxes/{mailbox_id}/consume"
+    return urlunsplit((scheme, parts.netloc, path, f"lease={lease_s:g}", ""))
+
+
+class StreamReceivers:
+    """The consume streams of every mailbox of a run (the interface of ``Receivers``)."""
+
+    def __init__(self, state: RunState, base_url: str, mailboxes: tuple[MailboxInfo, ...]) -> None:
+        self.state = state
+        self.base_url = base_url
+        self.mailboxes = mailboxes
+        self._stopping = False
+        self._idle: set[trio.CancelScope] = set()  # streams waiting with no ack unanswered
+
+    def stop(self) -> None:
+        """Grant no more credit; streams close once their acks are answered."""
+        self._stopping = True
+        self.state.stop_receiving.set()
+        for scope in list(self._idle):
+            scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for index, mb in enumerate(self.mailboxes):
+                nursery.start_soon(self._mailbox, index, mb)
+            task_status.started()
+
+    async def _mailbox(self, index: int, mb: MailboxInfo) -> None:
+        import trio_websocket as tws
+
+        state, sc = self.state, self.state.scenario
+        url = consume_url(self.base_url, mb.id, sc.lease_s)
+        headers = [(b"authorization", f"Bearer {mb.token}".encode())]
+        try:
+            async with tws.open_websocket_url(
+                url, extra_headers=headers, max_message_size=MAX_MESSAGE_BYTES
+            ) as ws:
+                await ws.send_message(b'{"credit":%d}' % sc.poll_max)
+                await self._consume(ws, index)
+        except (tws.ConnectionClosed, tws.HandshakeError, OSError) as exc:
+            if not self._stopping:
+                state.note_error("consume_stream_closed", repr(exc))
+
+    async def _consume(self, ws: object, index: int) -> None:
+        import trio_websocket as tws
+
+        assert isinstance(ws, tws.WebSocketConnection)
+        state = self.state
+        unanswered = 0  # ack frames sent without a reply yet
+        with trio.move_on_after(float("inf")) as deadline:
+            while True:
+                if self._stopping:
+                    if unanswered == 0:
+                        return
+                    deadline.deadline = min(deadline.deadline, trio.current_time() + ACK_WAIT_S)
+                with trio.CancelScope() as idle:
+                    if unanswered == 0:  # stop() may end this wait: nothing is left to settle
+                        self._idle.add(idle)
+                        if self._stopping:
+                            return
+                    try:
+                        message = await ws.get_message()
+                    finally:
+                        self._idle.discard(idle)
+                if idle.cancelled_caught:
+                    return
+                data = message.encode() if isinstance(message, str) else message
+                frame = _frame.decode(data)
+                if frame.deliveries is not None:
+                    ids = book_deliveries(state, index, frame.deliveries, state.clock())
+                    if ids:
+                        credit = 0 if self._stopping else len(ids)
+                        await ws.send_message(msgspec.json.encode({"ack": ids, "credit": credit}))
+                        unanswered += 1
+                elif frame.acked is not None:
+                    unanswered -= 1
+                    state.acked += frame.acked
+                    for f in frame.failed:
+                        state.ack_failed[f.code] += 1
+                elif frame.error is not None:
+                    state.note_error(
+                        "consume_stream_error", f"{frame.error.code}: {frame.error.message}"
+                    )
+        if deadline.cancelled_caught:
+            state.note_error("consume_stream_ack_timeout", f"{unanswered} ack frames unanswered")
