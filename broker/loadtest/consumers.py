@@ -19,8 +19,7 @@ import msgspec
 import trio
 
 from broker.loadtest.provision import MailboxInfo
-from broker.loadtest.receivers import _Delivery, _Failed, book_deliveries
-from broker.loadtest.state import RunState
+from broker.loadtest.receivers import MailboxConsumers, _Delivery, _Failed, book_deliveries
 
 __all__ = ["StreamReceivers", "consume_url"]
 
@@ -53,28 +52,9 @@ def consume_url(base_url: str, mailbox_id: str, lease_s: float) -> str:
     return urlunsplit((scheme, parts.netloc, path, f"lease={lease_s:g}", ""))
 
 
-class StreamReceivers:
-    """The consume streams of every mailbox of a run (the interface of ``Receivers``)."""
-
-    def __init__(self, state: RunState, base_url: str, mailboxes: tuple[MailboxInfo, ...]) -> None:
-        self.state = state
-        self.base_url = base_url
-        self.mailboxes = mailboxes
-        self._stopping = False
-        self._idle: set[trio.CancelScope] = set()  # streams waiting with no ack unanswered
-
-    def stop(self) -> None:
-        """Grant no more credit; streams close once their acks are answered."""
-        self._stopping = True
-        self.state.stop_receiving.set()
-        for scope in list(self._idle):
-            scope.cancel()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            for index, mb in enumerate(self.mailboxes):
-                nursery.start_soon(self._mailbox, index, mb)
-            task_status.started()
+class StreamReceivers(MailboxConsumers):
+    """The consume streams of every mailbox of a run. :meth:`stop` grants no more credit;
+    a stream closes once its acks are answered (an idle one at once)."""
 
     async def _mailbox(self, index: int, mb: MailboxInfo) -> None:
         import trio_websocket as tws
@@ -106,13 +86,13 @@ class StreamReceivers:
                     deadline.deadline = min(deadline.deadline, trio.current_time() + ACK_WAIT_S)
                 with trio.CancelScope() as idle:
                     if unanswered == 0:  # stop() may end this wait: nothing is left to settle
-                        self._idle.add(idle)
+                        self._waits.add(idle)
                         if self._stopping:
                             return
                     try:
                         message = await ws.get_message()
                     finally:
-                        self._idle.discard(idle)
+                        self._waits.discard(idle)
                 if idle.cancelled_caught:
                     return
                 data = message.encode() if isinstance(message, str) else message

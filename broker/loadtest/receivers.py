@@ -22,7 +22,7 @@ from broker.loadtest.provision import MailboxInfo
 from broker.loadtest.state import RunState
 from broker.loadtest.transport import client
 
-__all__ = ["MAX_ACK_IDS", "Receivers", "book_deliveries", "book_poll"]
+__all__ = ["MAX_ACK_IDS", "MailboxConsumers", "Receivers", "book_deliveries", "book_poll"]
 
 MAX_ACK_IDS = 5000
 ACK_QUEUE = 8  # poll answers waiting for their ack, per mailbox
@@ -89,8 +89,9 @@ def book_deliveries(
     return [d.delivery_id for d in deliveries]
 
 
-class Receivers:
-    """The consumers of every mailbox of a run.
+class MailboxConsumers:
+    """What every kind of receiver shares: one task per mailbox (``_mailbox``), and the cancel
+    scopes of waits that :meth:`stop` may end at once (a poll in flight, an idle stream).
 
     Arguments:
         state: the run.
@@ -102,22 +103,29 @@ class Receivers:
         self.state = state
         self.base_url = base_url
         self.mailboxes = mailboxes
-        self._polls: set[trio.CancelScope] = set()
+        self._waits: set[trio.CancelScope] = set()
         self._stopping = False
 
     def stop(self) -> None:
-        """Cancel every poll in flight and stop polling; queued acks still go out."""
+        """Stop receiving: end the waits that may end now; what is being settled finishes."""
         self._stopping = True
         self.state.stop_receiving.set()
-        for scope in list(self._polls):
+        for scope in list(self._waits):
             scope.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Consume until :meth:`stop`; returns when every acker has finished."""
+        """Consume until :meth:`stop`; returns when every mailbox's task has finished."""
         async with trio.open_nursery() as nursery:
             for index, mb in enumerate(self.mailboxes):
                 nursery.start_soon(self._mailbox, index, mb)
             task_status.started()
+
+    async def _mailbox(self, index: int, mb: MailboxInfo) -> None:
+        raise NotImplementedError
+
+
+class Receivers(MailboxConsumers):
+    """Long-poll receivers: pollers per mailbox, and an acker that merges their acks."""
 
     async def _mailbox(self, index: int, mb: MailboxInfo) -> None:
         sc = self.state.scenario
@@ -147,13 +155,13 @@ class Receivers:
             while not self._stopping:
                 resp: httpx.Response | None = None
                 with trio.CancelScope() as scope:
-                    self._polls.add(scope)
+                    self._waits.add(scope)
                     try:
                         resp = await http.get(path, params=params)
                     except httpx.TransportError as exc:
                         state.note_error("poll_transport_error", repr(exc))
                     finally:
-                        self._polls.discard(scope)
+                        self._waits.discard(scope)
                 if scope.cancelled_caught or (self._stopping and resp is None):
                     return
                 if resp is None:

@@ -37,7 +37,7 @@ from broker.loadtest.ledger import Ledger
 from broker.loadtest.progress import Display
 from broker.loadtest.provision import Provisioned, cleanup, provision
 from broker.loadtest.publishers import REQUEST_TIMEOUT_S, run_baseline, run_http_sender
-from broker.loadtest.receivers import Receivers
+from broker.loadtest.receivers import MailboxConsumers, Receivers
 from broker.loadtest.report import build_report, host_load
 from broker.loadtest.scenario import Scenario
 from broker.loadtest.servermetrics import delta, parse_metrics
@@ -117,7 +117,7 @@ async def _senders(state: RunState, base_url: str, tokens: tuple[str, ...]) -> N
 
 
 async def _load_and_drain(
-    state: RunState, base_url: str, prov: Provisioned, receivers: Receivers | StreamReceivers
+    state: RunState, base_url: str, prov: Provisioned, receivers: MailboxConsumers
 ) -> float:
     """The load, then the drain; returns how long the drain took."""
     sc = state.scenario
@@ -201,7 +201,7 @@ async def run_scenario(
         before = await _scrape(http, admin_token, state)
         host_before = host_load()
         cpu0 = time.process_time()
-        receivers: Receivers | StreamReceivers = (
+        receivers: MailboxConsumers = (
             StreamReceivers(state, base_url, prov.mailboxes)
             if scenario.consume == "stream"
             else Receivers(state, base_url, prov.mailboxes)
