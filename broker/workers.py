@@ -4,11 +4,13 @@ Theory of operation
 -------------------
 The parent never opens trio-unsafe state before it spawns: it prepares the data dir once
 (admin token, instance id, the seeded store, the demo set-up; :func:`broker.server.prepare_data`
-opens and closes the store), binds the one listening TCP socket, and starts N workers with
-``python -m cli serve --bind fd://<fd> --worker-index i ...`` (fork + exec; nothing is forked
-without exec). Every worker inherits the listening socket and accepts from it (the kernel hands
-each new connection to one of them; an idle worker tends to take it first), opens the LMDB
-environment itself and serves like a single-process broker, plus the notices of broker/peers.py.
+opens and closes the store), binds one listening TCP socket per worker on the same port
+(SO_REUSEPORT: the kernel spreads new connections over them by a hash of the connection), and
+starts N workers with ``python -m cli serve --bind fd://<fd> --worker-index i ...`` (fork +
+exec; nothing is forked without exec). Each worker inherits its socket and accepts from it,
+opens the LMDB environment itself and serves like a single-process broker, plus the notices of
+broker/peers.py. The parent keeps the sockets open, so a restarting worker's connections wait
+in its backlog instead of being refused.
 Worker 0 runs the sweeper.
 
 Each worker reports readiness by writing to a pipe; once all are ready the parent prints the
@@ -58,12 +60,20 @@ STOP_GRACE_S = 5.0
 LISTEN_BACKLOG = 1024
 
 
-def listen_socket(bind: str) -> socket.socket:
-    """A listening TCP socket on ``HOST:PORT`` that child processes can inherit."""
+def listen_socket(bind: str, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on ``HOST:PORT`` that child processes can inherit.
+
+    ``reuse_port``: several such sockets share the port (SO_REUSEPORT) and the kernel spreads
+    new connections over them by a hash of the connection, one socket per worker. One shared
+    socket instead lets the worker that happens to call ``accept`` first take a burst of
+    connections, and long-lived ones (streams, keep-alive senders) then load one worker only.
+    """
     host, _, port = bind.replace("[", "").replace("]", "").rpartition(":")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
         sock.bind((host or "127.0.0.1", int(port)))
         sock.listen(LISTEN_BACKLOG)
@@ -102,7 +112,7 @@ class Supervisor:
         self.failure: str | None = None
         self._procs: dict[int, trio.Process] = {}
         self._ready = 0
-        self._sock: socket.socket | None = None
+        self._socks: list[socket.socket] = []
 
     def command(self, index: int, listen_fd: int, ready_fd: int) -> list[str]:
         c = self.config
@@ -118,9 +128,18 @@ class Supervisor:
 
     async def run(self) -> int:
         """Serve until SIGINT/SIGTERM (exit 0) or a worker cannot be kept running (exit 1)."""
-        self._sock = listen_socket(self.config.bind)
-        host, port = self._sock.getsockname()[:2]
+        first = listen_socket(self.config.bind, reuse_port=True)
+        self._socks = [first]
+        host, port = first.getsockname()[:2]  # port 0 is resolved by the first bind
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            for _ in range(1, self.config.workers):
+                self._socks.append(listen_socket(bind, reuse_port=True))
+        except BaseException:
+            for sock in self._socks:
+                sock.close()
+            raise
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._on_signals, nursery.cancel_scope)
@@ -129,7 +148,8 @@ class Supervisor:
         finally:
             with trio.CancelScope(shield=True):
                 await self._stop_all()
-            self._sock.close()
+            for sock in self._socks:
+                sock.close()
         if self.failure is not None:
             print(f"dueslag: {self.failure}; stopped every worker", file=sys.stderr, flush=True)
             return 1
@@ -177,8 +197,7 @@ class Supervisor:
     async def _start(self, index: int) -> tuple[trio.Process, bool]:
         """Spawn worker ``index``; whether it became ready within ``READY_TIMEOUT_S`` (a
         worker that did not is stopped)."""
-        assert self._sock is not None
-        listen_fd = self._sock.fileno()
+        listen_fd = self._socks[index].fileno()  # its own socket: see listen_socket()
         ready_r, ready_w = os.pipe()
         env = {**os.environ, "DUESLAG_ADMIN_TOKEN": self.admin_token}
         try:
