@@ -95,8 +95,7 @@ class StreamReceivers(MailboxConsumers):
                         self._waits.discard(idle)
                 if idle.cancelled_caught:
                     return
-                data = message.encode() if isinstance(message, str) else message
-                frame = _frame.decode(data)
+                frame = _frame.decode(message)  # msgspec reads str and bytes alike
                 if frame.deliveries is not None:
                     ids = book_deliveries(state, index, frame.deliveries, state.clock())
                     if ids:
