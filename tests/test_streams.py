@@ -30,7 +30,8 @@ from broker.errors import InvalidInput, Overloaded
 from broker.http import streams
 from broker.http.streams import hub_of
 from broker.server import ServerInfo, serve
-from broker.streaming import Credit, PublishFrame, PublishWindow, decode_publish_frame
+from broker.streamhub import Credit
+from broker.streaming import PublishFrame, PublishWindow, decode_publish_frame
 from store.base import PublishResult
 from tests.conftest import ADMIN_TOKEN, TYPE1, TYPE2, Api, FakeClock, envelope
 

@@ -25,7 +25,8 @@ from broker.http import streams
 from broker.http.mailboxes import FailedOut, PollOut
 from broker.http.streams import DRAIN_TIMEOUT_S, ConsumeIn, ErrorOut, _error_body, _Stream, _text
 from broker.service import Broker
-from broker.streaming import GOING_AWAY, MAX_FRAME_BYTES, Credit
+from broker.streamhub import Credit
+from broker.streaming import GOING_AWAY, MAX_FRAME_BYTES
 from store.base import MailboxRecord
 
 __all__ = ["SETTLE_QUEUE", "ConsumeStream"]

@@ -36,13 +36,8 @@ from broker.http.common import ErrorBody, error_response
 from broker.http.mailboxes import DeliveryIds
 from broker.http.messages import BatchItem
 from broker.service import Broker
-from broker.streaming import (
-    DEFAULT_WINDOW,
-    INTERNAL_ERROR,
-    MAX_WINDOW,
-    PublishFrame,
-    StreamHub,
-)
+from broker.streamhub import StreamHub
+from broker.streaming import DEFAULT_WINDOW, INTERNAL_ERROR, MAX_WINDOW, PublishFrame
 from store.base import PublishResult
 
 __all__ = [
