@@ -28,6 +28,7 @@ from typing import Final
 from broker.errors import NotFound, StoreError
 
 from . import keys as k
+from . import values as v
 from .base import MailboxRecord, Route
 from .keys import Db
 from .kv import KvWriter
@@ -86,7 +87,7 @@ class Batch:
             pass
         key = lookup_key(mailbox_id)
         raw = None if key is None else self.txn.get(Db.MAILBOXES, key)
-        record = None if raw is None else k.decode_record(raw, MailboxRecord)
+        record = None if raw is None else v.decode_record(raw, MailboxRecord)
         self._by_id[mailbox_id] = record
         if record is not None:
             self._by_num[record.num] = record
@@ -104,7 +105,7 @@ class Batch:
         except KeyError:
             pass
         raw = self.txn.get(Db.MAILBOX_NUMS, k.num_key(num))
-        record = None if raw is None else self.mailbox(k.decode_id(raw))
+        record = None if raw is None else self.mailbox(v.decode_id(raw))
         self._by_num[num] = record
         return record
 
@@ -125,7 +126,7 @@ class Batch:
         counts = self._counters.get(num)
         if counts is None:
             raw = self.txn.get(Db.COUNTERS, k.num_key(num))
-            counts = [0, 0, 0, 0] if raw is None else k.decode_counters(raw)
+            counts = [0, 0, 0, 0] if raw is None else v.decode_counters(raw)
             self._counters[num] = counts
         return counts
 
@@ -135,7 +136,7 @@ class Batch:
         seq = self._next_seq
         if seq is None:
             raw = self.txn.get(Db.META, k.META_NEXT_SEQ)
-            seq = self._next_seq_read = 1 if raw is None else k.decode_int(raw)
+            seq = self._next_seq_read = 1 if raw is None else v.decode_int(raw)
         self._next_seq = seq + 1
         return seq
 
@@ -143,7 +144,7 @@ class Batch:
         num = self._next_mailbox
         if num is None:
             raw = self.txn.get(Db.META, k.META_NEXT_MAILBOX)
-            num = self._next_mailbox_read = 1 if raw is None else k.decode_int(raw)
+            num = self._next_mailbox_read = 1 if raw is None else v.decode_int(raw)
         self._next_mailbox = num + 1
         return num
 
@@ -152,7 +153,7 @@ class Batch:
         first = self._next_audit
         if first is None:
             raw = self.txn.get(Db.META, k.META_NEXT_AUDIT)
-            first = self._next_audit_read = 1 if raw is None else k.decode_int(raw)
+            first = self._next_audit_read = 1 if raw is None else v.decode_int(raw)
         self._next_audit = first + count
         return first
 
@@ -164,9 +165,9 @@ class Batch:
         raw = self.txn.get(Db.REFS, key)
         if raw is None:
             raise StoreError(f"message {seq} has a delivery record but no reference count")
-        count = k.decode_ref(raw) - 1
+        count = v.decode_ref(raw) - 1
         if count > 0:
-            self.txn.put(Db.REFS, key, k.encode_ref(count))
+            self.txn.put(Db.REFS, key, v.encode_ref(count))
             return False
         self.txn.delete(Db.REFS, key)
         self.txn.delete(Db.BODIES, key)
@@ -225,9 +226,9 @@ class Batch:
         key = k.seq_key(seq)
         head = self._heads.get(received_ms)
         if head is None:
-            head = self._heads[received_ms] = k.body_header(received_ms)
+            head = self._heads[received_ms] = v.body_header(received_ms)
         self._bodies.append((key, head + body))
-        self._refs.append((key, k.encode_ref(len(targets))))
+        self._refs.append((key, v.encode_ref(len(targets))))
         values = self._ready_values
         items = self._ready_items
         gained = self._gained
@@ -235,7 +236,7 @@ class Batch:
             cache_key = (route.subscription_id, route.tilladt_modtager)
             value = values.get(cache_key)
             if value is None:
-                value = k.delivery_value(0, route.subscription_id, route.tilladt_modtager)
+                value = v.delivery_value(0, route.subscription_id, route.tilladt_modtager)
                 values[cache_key] = value
             num = mailbox.num
             items.append((k.delivery_key(num, seq), value))
@@ -272,13 +273,13 @@ class Batch:
             txn.put_many(
                 Db.COUNTERS,
                 [
-                    (k.num_key(num), k.encode_counters(c))
+                    (k.num_key(num), v.encode_counters(c))
                     for num, c in sorted(self._counters.items())
                 ],
             )
         if self._next_seq is not None and self._next_seq != self._next_seq_read:
-            txn.put(Db.META, k.META_NEXT_SEQ, k.encode_int(self._next_seq))
+            txn.put(Db.META, k.META_NEXT_SEQ, v.encode_int(self._next_seq))
         if self._next_mailbox is not None and self._next_mailbox != self._next_mailbox_read:
-            txn.put(Db.META, k.META_NEXT_MAILBOX, k.encode_int(self._next_mailbox))
+            txn.put(Db.META, k.META_NEXT_MAILBOX, v.encode_int(self._next_mailbox))
         if self._next_audit is not None and self._next_audit != self._next_audit_read:
-            txn.put(Db.META, k.META_NEXT_AUDIT, k.encode_int(self._next_audit))
+            txn.put(Db.META, k.META_NEXT_AUDIT, v.encode_int(self._next_audit))

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from broker.errors import InvalidInput, StoreError
 
 from . import keys as k
+from . import values as v
 from .base import (
     Ack,
     AckResult,
@@ -89,8 +90,8 @@ def publish(batch: Batch, op: Publish, digest: bytes | None) -> PublishResult:
         _at_least("dedup_window_ms", op.dedup_window_ms, 0)
     if digest is not None:
         prior = batch.dedup_record(digest)
-        if prior is not None and k.dedup_expires(prior[1]) > batch.now:
-            record = k.decode_dedup(prior[1])
+        if prior is not None and v.dedup_expires(prior[1]) > batch.now:
+            record = v.decode_dedup(prior[1])
             return PublishResult(
                 transaction_id=record.transaction_id, mailboxes=record.mailboxes, duplicate=True
             )
@@ -107,7 +108,7 @@ def publish(batch: Batch, op: Publish, digest: bytes | None) -> PublishResult:
     if digest is not None:
         expires = op.received_ms + op.dedup_window_ms
         key = batch.dedup_prefix(expires) + digest
-        batch.add_dedup(digest, key, k.encode_dedup(op.transaction_id, len(targets), expires))
+        batch.add_dedup(digest, key, v.encode_dedup(op.transaction_id, len(targets), expires))
     return PublishResult(transaction_id=op.transaction_id, mailboxes=len(targets), duplicate=False)
 
 
@@ -118,7 +119,7 @@ def body_of(txn: KvReader, seq: int) -> tuple[int, bytes]:
     raw = txn.get(Db.BODIES, k.seq_key(seq))
     if raw is None:
         raise StoreError(f"message {seq} has a delivery record but no body")
-    return k.decode_body(raw)
+    return v.decode_body(raw)
 
 
 def lease(batch: Batch, op: Lease) -> list[Delivery]:
@@ -147,16 +148,16 @@ def lease(batch: Batch, op: Lease) -> list[Delivery]:
     for (key, raw), seq, stored in zip(taken, seqs, bodies, strict=True):
         cached = values.get(raw)
         if cached is None:
-            ready = k.decode_value(raw, k.ReadyValue)
+            ready = v.decode_value(raw, v.ReadyValue)
             attempt = ready.attempt + 1
             sub, tm = ready.subscription_id, ready.tm
-            cached = values[raw] = (attempt, sub, tm, k.delivery_value(attempt, sub, deadline, tm))
+            cached = values[raw] = (attempt, sub, tm, v.delivery_value(attempt, sub, deadline, tm))
         attempt, subscription_id, tm, value = cached
         flights.append((key, value))
         leases.append((k.time_key(deadline, num, seq), b""))
         if stored is None:
             raise StoreError(f"message {seq} has a delivery record but no body")
-        received_ms, body = k.decode_body(stored)
+        received_ms, body = v.decode_body(stored)
         out.append(
             Delivery(
                 delivery_id=delivery_id(seq, attempt),
@@ -182,7 +183,7 @@ def lease(batch: Batch, op: Lease) -> list[Delivery]:
 
 def _settle(
     batch: Batch, mailbox: MailboxRecord, ids: Sequence[str], failed: list[tuple[str, str]]
-) -> list[tuple[bytes, int, k.FlightValue]]:
+) -> list[tuple[bytes, int, v.FlightValue]]:
     """Take the in-flight deliveries named by ids out of flight; failures go to ``failed``.
 
     Their ``lease_expiry`` entries go too: leaving them to the sweep (which skips entries that
@@ -193,8 +194,8 @@ def _settle(
     parsed = [parse_delivery_id(text) for text in ids]
     keys = [k.delivery_key(num, p[0]) if p and p[0] <= MAX_SEQ else b"" for p in parsed]
     stored = txn.get_many(Db.IN_FLIGHT, [key for key in keys if key])
-    out: list[tuple[bytes, int, k.FlightValue]] = []
-    decoded: dict[bytes, k.FlightValue] = {}  # one lease gives many deliveries one value
+    out: list[tuple[bytes, int, v.FlightValue]] = []
+    decoded: dict[bytes, v.FlightValue] = {}  # one lease gives many deliveries one value
     taken: set[bytes] = set()
     found = iter(stored)
     for text, p, key in zip(ids, parsed, keys, strict=True):
@@ -204,7 +205,7 @@ def _settle(
             continue
         flight = decoded.get(raw)
         if flight is None:
-            flight = decoded[raw] = k.decode_value(raw, k.FlightValue)
+            flight = decoded[raw] = v.decode_value(raw, v.FlightValue)
         if flight.attempt != p[1]:
             failed.append((text, "unknown_delivery"))
         elif flight.deadline_ms <= batch.now:
@@ -241,7 +242,7 @@ def ack(batch: Batch, op: Ack) -> AckResult:
             cache_key = (flight.attempt, flight.subscription_id, flight.tm)
             value = values.get(cache_key)
             if value is None:
-                value = values[cache_key] = k.delivery_value(
+                value = values[cache_key] = v.delivery_value(
                     now, flight.attempt, flight.subscription_id, expires, flight.tm
                 )
             copies.append((key, value))
@@ -275,7 +276,7 @@ def to_dead(
 ) -> None:
     """Put a dead letter (the caller removed its previous record)."""
     expires = _retention_end(batch, mailbox)
-    value = k.delivery_value(batch.now, attempt, sub, reason, expires, tm)
+    value = v.delivery_value(batch.now, attempt, sub, reason, expires, tm)
     batch.txn.put(Db.DEAD, k.delivery_key(mailbox.num, seq), value)
     batch.txn.put(Db.DEAD_EXPIRY, k.time_key(expires, mailbox.num, seq), b"")
     batch.counters(mailbox.num)[DEAD] += 1
@@ -290,7 +291,7 @@ def to_ready(
     tm: tuple[str, ...] | None,
 ) -> None:
     """Put a ready delivery (the caller removed its previous record)."""
-    value = k.delivery_value(attempt, sub, tm)
+    value = v.delivery_value(attempt, sub, tm)
     batch.txn.put(Db.READY, k.delivery_key(mailbox.num, seq), value)
     batch.counters(mailbox.num)[READY] += 1
     batch.ready.add(mailbox.id)
@@ -327,7 +328,7 @@ def requeue_dead(batch: Batch, op: RequeueDead) -> int:
 
     def move(key: bytes, raw: bytes) -> None:
         seq = k.parse_delivery_key(key)[1]
-        dead = k.decode_value(raw, k.DeadValue)
+        dead = v.decode_value(raw, v.DeadValue)
         txn.delete(Db.DEAD, key)
         txn.delete(Db.DEAD_EXPIRY, k.time_key(dead.expires_ms, num, seq))
         batch.counters(num)[DEAD] -= 1
@@ -368,9 +369,9 @@ def replay(batch: Batch, op: Replay) -> int:
             received = txn.get(Db.BODIES, k.seq_key(seq))
             if received is None:
                 raise StoreError(f"message {seq} has a delivery record but no body")
-            if k.received_ms_of(received) < op.since_ms:
+            if v.received_ms_of(received) < op.since_ms:
                 continue
-            copy = k.decode_value(raw, k.CopyValue)
+            copy = v.decode_value(raw, v.CopyValue)
             txn.delete(Db.COPY, key)
             txn.delete(Db.COPY_EXPIRY, k.time_key(copy.expires_ms, num, seq))
             batch.counters(num)[COPY] -= 1

@@ -16,6 +16,7 @@ from msgspec.structs import replace
 from broker.errors import Conflict, InvalidInput, NotFound
 
 from . import keys as k
+from . import values as v
 from .base import (
     MAX_RETENTION_S,
     CreateMailbox,
@@ -66,8 +67,8 @@ def create_system(batch: Batch, op: CreateSystem) -> SystemRecord:
     if txn.get(Db.SYSTEM_TOKENS, op.token_hash) is not None:
         raise Conflict("another system already has this token", path="$.token_hash")
     record = SystemRecord(id=op.id, name=op.name, token_hash=op.token_hash, created_ms=batch.now)
-    txn.put(Db.SYSTEMS, key, k.encode_record(record))
-    txn.put(Db.SYSTEM_TOKENS, op.token_hash, k.encode_id(key))
+    txn.put(Db.SYSTEMS, key, v.encode_record(record))
+    txn.put(Db.SYSTEM_TOKENS, op.token_hash, v.encode_id(key))
     return record
 
 
@@ -96,8 +97,8 @@ def create_mailbox(batch: Batch, op: CreateMailbox) -> MailboxRecord:
         created_ms=batch.now,
     )
     txn = batch.txn
-    txn.put(Db.MAILBOXES, key, k.encode_record(record))
-    txn.put(Db.MAILBOX_NUMS, k.num_key(record.num), k.encode_id(key))
+    txn.put(Db.MAILBOXES, key, v.encode_record(record))
+    txn.put(Db.MAILBOX_NUMS, k.num_key(record.num), v.encode_id(key))
     txn.put(Db.MAILBOX_OWNERS, k.owner_key(owner, key), b"")
     batch.remember_mailbox(record)
     return record
@@ -131,7 +132,7 @@ def create_subscription(batch: Batch, op: CreateSubscription) -> SubscriptionRec
         expression=op.expression,
         created_ms=batch.now,
     )
-    txn.put(Db.SUBSCRIPTIONS, key, k.encode_record(record))
+    txn.put(Db.SUBSCRIPTIONS, key, v.encode_record(record))
     txn.put(Db.MAILBOX_SUBS, k.mailbox_sub_key(mailbox.num, key), b"")
     return record
 
@@ -141,7 +142,7 @@ def _subscription_of(
 ) -> tuple[bytes, SubscriptionRecord]:
     key = lookup_key(subscription_id)
     raw = None if key is None else batch.txn.get(Db.SUBSCRIPTIONS, key)
-    record = None if raw is None else k.decode_record(raw, SubscriptionRecord)
+    record = None if raw is None else v.decode_record(raw, SubscriptionRecord)
     if key is None or record is None or record.mailbox_id != mailbox.id:
         raise NotFound(
             f"subscription {subscription_id!r} does not exist in this mailbox", path="$.id"
@@ -169,7 +170,7 @@ def update_subscription(batch: Batch, op: UpdateSubscription) -> SubscriptionRec
         changes["message_types"] = tuple(t.lower() for t in op.message_types)
     if changes:
         record = replace(record, **changes)
-        batch.txn.put(Db.SUBSCRIPTIONS, key, k.encode_record(record))
+        batch.txn.put(Db.SUBSCRIPTIONS, key, v.encode_record(record))
     return record
 
 
@@ -179,24 +180,24 @@ def update_subscription(batch: Batch, op: UpdateSubscription) -> SubscriptionRec
 def get_system(txn: KvReader, system_id: str) -> SystemRecord | None:
     key = lookup_key(system_id)
     raw = None if key is None else txn.get(Db.SYSTEMS, key)
-    return None if raw is None else k.decode_record(raw, SystemRecord)
+    return None if raw is None else v.decode_record(raw, SystemRecord)
 
 
 def get_system_by_token_hash(txn: KvReader, token_hash: bytes) -> SystemRecord | None:
     if not 0 < len(token_hash) <= k.MAX_ID_BYTES:
         return None
     raw = txn.get(Db.SYSTEM_TOKENS, token_hash)
-    return None if raw is None else get_system(txn, k.decode_id(raw))
+    return None if raw is None else get_system(txn, v.decode_id(raw))
 
 
 def list_systems(txn: KvReader) -> list[SystemRecord]:
-    return [k.decode_record(raw, SystemRecord) for _, raw in txn.scan(Db.SYSTEMS, b"\x00")]
+    return [v.decode_record(raw, SystemRecord) for _, raw in txn.scan(Db.SYSTEMS, b"\x00")]
 
 
 def get_mailbox(txn: KvReader, mailbox_id: str) -> MailboxRecord | None:
     key = lookup_key(mailbox_id)
     raw = None if key is None else txn.get(Db.MAILBOXES, key)
-    return None if raw is None else k.decode_record(raw, MailboxRecord)
+    return None if raw is None else v.decode_record(raw, MailboxRecord)
 
 
 def list_mailboxes(txn: KvReader, owner: str) -> list[MailboxRecord]:
@@ -208,20 +209,20 @@ def list_mailboxes(txn: KvReader, owner: str) -> list[MailboxRecord]:
     for index_key, _ in txn.scan(Db.MAILBOX_OWNERS, start, end):
         raw = txn.get(Db.MAILBOXES, index_key[len(start) :])
         if raw is not None:
-            out.append(k.decode_record(raw, MailboxRecord))
+            out.append(v.decode_record(raw, MailboxRecord))
     return out
 
 
 def get_subscription(txn: KvReader, subscription_id: str) -> SubscriptionRecord | None:
     key = lookup_key(subscription_id)
     raw = None if key is None else txn.get(Db.SUBSCRIPTIONS, key)
-    return None if raw is None else k.decode_record(raw, SubscriptionRecord)
+    return None if raw is None else v.decode_record(raw, SubscriptionRecord)
 
 
 def list_subscriptions(txn: KvReader, mailbox_id: str | None) -> list[SubscriptionRecord]:
     if mailbox_id is None:
         scanned = txn.scan(Db.SUBSCRIPTIONS, b"\x00")
-        return [k.decode_record(raw, SubscriptionRecord) for _, raw in scanned]
+        return [v.decode_record(raw, SubscriptionRecord) for _, raw in scanned]
     mailbox = get_mailbox(txn, mailbox_id)
     if mailbox is None:
         return []
@@ -229,5 +230,5 @@ def list_subscriptions(txn: KvReader, mailbox_id: str | None) -> list[Subscripti
     for index_key, _ in txn.scan(Db.MAILBOX_SUBS, *k.mailbox_range(mailbox.num)):
         raw = txn.get(Db.SUBSCRIPTIONS, index_key[4:])
         if raw is not None:
-            out.append(k.decode_record(raw, SubscriptionRecord))
+            out.append(v.decode_record(raw, SubscriptionRecord))
     return out

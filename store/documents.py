@@ -27,6 +27,7 @@ from typing import Final
 from broker.errors import Conflict, InvalidInput
 
 from . import keys as k
+from . import values as v
 from .base import AppendAudit, DeleteDoc, PutDoc, SetChange, SetChangeResult
 from .batch import Batch
 from .keys import Db
@@ -56,7 +57,7 @@ def put_doc(batch: Batch, op: PutDoc) -> None:
     key = k.doc_key(op.kind, op.id)
     if op.if_absent and batch.txn.get(Db.DOCS, key) is not None:
         raise Conflict(f"document {op.kind}/{op.id} already exists", code="conflict", path="$.id")
-    batch.txn.put(Db.DOCS, key, k.encode_doc(op.value))
+    batch.txn.put(Db.DOCS, key, v.encode_doc(op.value))
 
 
 def delete_doc(batch: Batch, op: DeleteDoc) -> bool:
@@ -73,7 +74,7 @@ def get_doc(txn: KvReader, kind: str, doc_id: str) -> bytes | None:
     except InvalidInput:
         return None
     raw = txn.get(Db.DOCS, key)
-    return None if raw is None else k.decode_doc(raw)
+    return None if raw is None else v.decode_doc(raw)
 
 
 def list_docs(txn: KvReader, kind: str) -> list[tuple[str, bytes]]:
@@ -82,7 +83,7 @@ def list_docs(txn: KvReader, kind: str) -> list[tuple[str, bytes]]:
     except InvalidInput:
         return []
     skip = len(start)
-    return [(key[skip:].decode(), k.decode_doc(raw)) for key, raw in txn.scan(Db.DOCS, start, end)]
+    return [(key[skip:].decode(), v.decode_doc(raw)) for key, raw in txn.scan(Db.DOCS, start, end)]
 
 
 # ----------------------------------------------------------------------------- sets
@@ -95,7 +96,7 @@ def set_change(batch: Batch, op: SetChange) -> SetChangeResult:
     to_add = sorted({k.set_member_key(prefix, m, "add") for m in op.add})
     txn = batch.txn
     raw = txn.get(Db.SET_SIZES, prefix)
-    size = 0 if raw is None else k.decode_int(raw)
+    size = 0 if raw is None else v.decode_int(raw)
     removed = 0
     if op.clear and size:
         start, end = k.set_range(prefix)
@@ -110,7 +111,7 @@ def set_change(batch: Batch, op: SetChange) -> SetChangeResult:
     size += added
     if added or removed:
         if size:
-            txn.put(Db.SET_SIZES, prefix, k.encode_int(size))
+            txn.put(Db.SET_SIZES, prefix, v.encode_int(size))
         else:
             txn.delete(Db.SET_SIZES, prefix)
     return SetChangeResult(added=added, removed=removed)
@@ -142,7 +143,7 @@ def set_contains(txn: KvReader, kind: str, set_id: str, member: str) -> bool:
 def set_size(txn: KvReader, kind: str, set_id: str) -> int:
     prefix = _prefix(kind, set_id)
     raw = None if prefix is None else txn.get(Db.SET_SIZES, prefix)
-    return 0 if raw is None else k.decode_int(raw)
+    return 0 if raw is None else v.decode_int(raw)
 
 
 # ----------------------------------------------------------------------------- audit
@@ -154,7 +155,7 @@ def append_audit(batch: Batch, op: AppendAudit) -> int:
     first = batch.alloc_audit(len(op.events))
     now = batch.now
     items = [
-        (k.audit_key(now, first + i), k.encode_doc(event)) for i, event in enumerate(op.events)
+        (k.audit_key(now, first + i), v.encode_doc(event)) for i, event in enumerate(op.events)
     ]
     batch.txn.put_sorted(Db.AUDIT, items)
     return len(items)
@@ -175,4 +176,4 @@ def scan_audit(
     end = None if until_ms is None else k.audit_key(_clamp(until_ms), 0)
     if end is not None and start >= end:
         return []
-    return [(key, k.decode_doc(raw)) for key, raw in txn.scan(Db.AUDIT, start, end, limit)]
+    return [(key, v.decode_doc(raw)) for key, raw in txn.scan(Db.AUDIT, start, end, limit)]

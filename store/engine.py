@@ -24,6 +24,7 @@ from broker.errors import BrokerError, InvalidInput, StoreError
 
 from . import deliveries, directory, documents, queries, retention
 from . import keys as k
+from . import values as v
 from .base import (
     Ack,
     AppendAudit,
@@ -69,18 +70,18 @@ def upgrade_format_1(txn: KvWriter) -> int:
     while chunk := txn.take(Db.DEDUP, b"\x00", None, _MIGRATE_CHUNK):
         items = []
         for stored_key, raw in chunk:
-            record = k.decode_dedup(raw)
+            record = v.decode_dedup(raw)
             # format 1 stored the key as k.normalize_dedup_key made it: its hash is dedup_hash
             digest = k.dedup_hash(stored_key)
             key = k.dedup_key_of(k.dedup_gen(record.expires_ms), digest)
-            value = k.encode_dedup(record.transaction_id, record.mailboxes, record.expires_ms)
+            value = v.encode_dedup(record.transaction_id, record.mailboxes, record.expires_ms)
             items.append((key, value))
         items.sort()
         txn.put_many(Db.DEDUP_GENS, items)
         moved += len(items)
     while txn.take(Db.DEDUP_EXPIRY, b"\x00", None, _MIGRATE_CHUNK):
         pass
-    txn.put(Db.META, k.META_FORMAT, k.encode_format())
+    txn.put(Db.META, k.META_FORMAT, v.encode_format())
     return moved
 
 
@@ -141,14 +142,14 @@ class KvStore:
         with kv.write() as txn:
             raw = txn.get(Db.META, k.META_FORMAT)
             if raw is not None:
-                if k.check_format(raw) == 1:
+                if v.check_format(raw) == 1:
                     upgrade_format_1(txn)
             elif any(txn.count(db) for db in Db):
                 raise StoreError(
                     "the environment holds data but no format marker: not a dueslag store"
                 )
             else:
-                txn.put(Db.META, k.META_FORMAT, k.encode_format())
+                txn.put(Db.META, k.META_FORMAT, v.encode_format())
 
     # ------------------------------------------------------------------------- writes
 
@@ -240,7 +241,7 @@ class KvStore:
             raw = txn.get(Db.META, k.META_NEXT_SEQ)
             return StoreStats(
                 messages=txn.count(Db.BODIES),
-                next_seq=1 if raw is None else k.decode_int(raw),
+                next_seq=1 if raw is None else v.decode_int(raw),
                 mailboxes=txn.count(Db.MAILBOXES),
                 format_version=k.FORMAT_VERSION,
             )

@@ -21,6 +21,7 @@ from typing import Final
 from broker.errors import InvalidInput
 
 from . import keys as k
+from . import values as v
 from .base import MailboxRecord, Sweep, SweepResult
 from .batch import COPY, DEAD, IN_FLIGHT, Batch
 from .deliveries import MAX_MS, head_freed, to_dead, to_ready
@@ -50,7 +51,7 @@ def _expire_leases(batch: Batch, limit: int, result: dict[str, int]) -> bool:
     ):
         if raw is None:
             continue  # a stale entry: nothing else to do
-        flight = k.decode_value(raw, k.FlightValue)
+        flight = v.decode_value(raw, v.FlightValue)
         mailbox = batch.mailbox_by_num(num)
         if flight.deadline_ms != deadline or mailbox is None:
             continue
@@ -132,13 +133,13 @@ def purge_mailbox(batch: Batch, mailbox: MailboxRecord) -> None:
             for key, raw in chunk:
                 seq = k.parse_delivery_key(key)[1]
                 if records is Db.IN_FLIGHT:
-                    deadline = k.decode_value(raw, k.FlightValue).deadline_ms
+                    deadline = v.decode_value(raw, v.FlightValue).deadline_ms
                     txn.delete(Db.LEASE_EXPIRY, k.time_key(deadline, num, seq))
                 elif records is Db.COPY:
-                    expires = k.decode_value(raw, k.CopyValue).expires_ms
+                    expires = v.decode_value(raw, v.CopyValue).expires_ms
                     txn.delete(Db.COPY_EXPIRY, k.time_key(expires, num, seq))
                 elif records is Db.DEAD:
-                    expires = k.decode_value(raw, k.DeadValue).expires_ms
+                    expires = v.decode_value(raw, v.DeadValue).expires_ms
                     txn.delete(Db.DEAD_EXPIRY, k.time_key(expires, num, seq))
                 batch.release(seq)
             if len(chunk) < _CHUNK:

@@ -43,6 +43,7 @@ from store import (
 )
 from store import deliveries as store_deliveries
 from store import keys as k
+from store import values as v
 from store.engine import KvStore
 from store.keys import DEDUP_GEN_MS as GEN
 
@@ -744,8 +745,8 @@ def test_sets(store: KvStore) -> None:
     # an emptied set is gone
     assert one(store, SetChange(kind="vl", id="cpr", clear=True)) == SetChangeResult(0, 2)
     assert (store.set_size("vl", "cpr"), store.set_members("vl", "cpr")) == (0, [])
-    assert dump(store)["SET_SIZES"] == [(k.set_prefix("v", "lcpr"), k.encode_int(1)),
-                                        (k.set_prefix("vl", "cp"), k.encode_int(1))]  # fmt: skip
+    assert dump(store)["SET_SIZES"] == [(k.set_prefix("v", "lcpr"), v.encode_int(1)),
+                                        (k.set_prefix("vl", "cp"), v.encode_int(1))]  # fmt: skip
     assert one(store, SetChange(kind="vl", id="cpr", clear=True)) == SetChangeResult(0, 0)
 
 

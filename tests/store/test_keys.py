@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from broker.errors import StoreError
 from store import keys as k
+from store import values as v
 from store.base import MailboxRecord
 
 u32 = st.integers(0, (1 << 32) - 1)
@@ -36,33 +37,33 @@ def test_time_range(now: int, key: tuple[int, int, int]) -> None:
 
 def test_values_round_trip() -> None:
     record = MailboxRecord(id="m", num=7, owner="o", name="n")
-    raw = k.encode_record(record)
+    raw = v.encode_record(record)
     assert raw[0] == k.VALUE_VERSION
-    assert k.decode_record(raw, MailboxRecord) == record
-    flight = k.FlightValue(3, "sub", 99)
-    assert k.decode_value(k.encode_value(flight), k.FlightValue) == flight
-    assert k.decode_body(k.encode_body(5, b"body")) == (5, b"body")
-    assert k.received_ms_of(k.encode_body(5, b"body")) == 5
-    assert k.decode_counters(k.encode_counters([1, 2, 3, 4])) == [1, 2, 3, 4]
-    assert k.decode_ref(k.encode_ref(9)) == 9
-    assert k.decode_int(k.encode_int(1 << 40)) == 1 << 40
-    assert k.decode_id(k.encode_id(b"abc")) == "abc"
+    assert v.decode_record(raw, MailboxRecord) == record
+    flight = v.FlightValue(3, "sub", 99)
+    assert v.decode_value(v.encode_value(flight), v.FlightValue) == flight
+    assert v.decode_body(v.encode_body(5, b"body")) == (5, b"body")
+    assert v.received_ms_of(v.encode_body(5, b"body")) == 5
+    assert v.decode_counters(v.encode_counters([1, 2, 3, 4])) == [1, 2, 3, 4]
+    assert v.decode_ref(v.encode_ref(9)) == 9
+    assert v.decode_int(v.encode_int(1 << 40)) == 1 << 40
+    assert v.decode_id(v.encode_id(b"abc")) == "abc"
 
 
 def _ready(raw: bytes) -> object:
-    return k.decode_value(raw, k.ReadyValue)
+    return v.decode_value(raw, v.ReadyValue)
 
 
 @pytest.mark.parametrize(
     ("decode", "sample"),
     [
-        (_ready, k.encode_value(k.ReadyValue(0, "s"))),
-        (k.decode_body, k.encode_body(1, b"x")),
-        (k.received_ms_of, k.encode_body(1, b"x")),
-        (k.decode_counters, k.encode_counters([0, 0, 0, 0])),
-        (k.decode_ref, k.encode_ref(1)),
-        (k.decode_int, k.encode_int(1)),
-        (k.decode_id, k.encode_id(b"x")),
+        (_ready, v.encode_value(v.ReadyValue(0, "s"))),
+        (v.decode_body, v.encode_body(1, b"x")),
+        (v.received_ms_of, v.encode_body(1, b"x")),
+        (v.decode_counters, v.encode_counters([0, 0, 0, 0])),
+        (v.decode_ref, v.encode_ref(1)),
+        (v.decode_int, v.encode_int(1)),
+        (v.decode_id, v.encode_id(b"x")),
     ],
 )
 def test_unknown_value_version_is_refused(decode: Callable[[bytes], object], sample: bytes) -> None:
@@ -73,7 +74,7 @@ def test_unknown_value_version_is_refused(decode: Callable[[bytes], object], sam
 
 def test_corrupt_record() -> None:
     with pytest.raises(StoreError, match="corrupt"):
-        k.decode_value(b"\x01\xc1", k.ReadyValue)
+        v.decode_value(b"\x01\xc1", v.ReadyValue)
 
 
 def test_long_dedup_keys_are_hashed() -> None:
@@ -100,29 +101,29 @@ def test_dedup_ids() -> None:
 
 def test_dedup_records_round_trip() -> None:
     tid = "0f8fad5b-d9cb-469f-a165-70867728950e"
-    uuid_form = k.encode_dedup(tid, 3, 1 << 40)
+    uuid_form = v.encode_dedup(tid, 3, 1 << 40)
     assert (uuid_form[0], len(uuid_form)) == (k.DEDUP_UUID, 29)
-    assert k.decode_dedup(uuid_form) == k.DedupValue(tid, 3, 1 << 40)
-    assert k.dedup_expires(uuid_form) == 1 << 40
+    assert v.decode_dedup(uuid_form) == v.DedupValue(tid, 3, 1 << 40)
+    assert v.dedup_expires(uuid_form) == 1 << 40
     for text in ("tx-1", tid.upper(), "", "æøå"):
-        raw = k.encode_dedup(text, 0, 5)
+        raw = v.encode_dedup(text, 0, 5)
         assert raw[0] == k.DEDUP_TEXT
-        assert k.decode_dedup(raw) == k.DedupValue(text, 0, 5)
-    legacy = k.encode_value(k.DedupValue("tx", 1, 7))  # format 1: msgpack, value version 1
-    assert k.decode_dedup(legacy) == k.DedupValue("tx", 1, 7)
-    assert k.dedup_expires(legacy) == 7
+        assert v.decode_dedup(raw) == v.DedupValue(text, 0, 5)
+    legacy = v.encode_value(v.DedupValue("tx", 1, 7))  # format 1: msgpack, value version 1
+    assert v.decode_dedup(legacy) == v.DedupValue("tx", 1, 7)
+    assert v.dedup_expires(legacy) == 7
     with pytest.raises(StoreError, match="value version 9"):
-        k.decode_dedup(b"\x09" + uuid_form[1:])
+        v.decode_dedup(b"\x09" + uuid_form[1:])
     with pytest.raises(StoreError, match="corrupt"):
-        k.decode_dedup(uuid_form[:5])
+        v.decode_dedup(uuid_form[:5])
 
 
 def test_delivery_values_leave_out_a_none_tm() -> None:
-    assert k.delivery_value(0, "s", None) == b"\x01\x92\x00\xa1s"  # [0, "s"], as format 1
-    assert k.encode_value(k.ReadyValue(0, "s")) == b"\x01\x93\x00\xa1s\xc0"  # [0, "s", nil]
-    raw = k.delivery_value(1, "s", 9, ("a",))
-    assert k.decode_value(raw, k.FlightValue) == k.FlightValue(1, "s", 9, ("a",))
-    assert k.decode_value(k.delivery_value(1, "s", 9, None), k.FlightValue).tm is None
+    assert v.delivery_value(0, "s", None) == b"\x01\x92\x00\xa1s"  # [0, "s"], as format 1
+    assert v.encode_value(v.ReadyValue(0, "s")) == b"\x01\x93\x00\xa1s\xc0"  # [0, "s", nil]
+    raw = v.delivery_value(1, "s", 9, ("a",))
+    assert v.decode_value(raw, v.FlightValue) == v.FlightValue(1, "s", 9, ("a",))
+    assert v.decode_value(v.delivery_value(1, "s", 9, None), v.FlightValue).tm is None
 
 
 def test_other_keys() -> None:
@@ -133,6 +134,6 @@ def test_other_keys() -> None:
     prefix = k.set_prefix("vl", "id")
     lo, hi = k.set_range(prefix)
     assert lo < k.set_member_key(prefix, "\U0010ffff" * 50) < hi
-    assert k.decode_doc(k.encode_doc(b"x")) == b"x"
+    assert v.decode_doc(v.encode_doc(b"x")) == b"x"
     with pytest.raises(StoreError, match="value version 2"):
-        k.decode_doc(b"\x02x")
+        v.decode_doc(b"\x02x")

@@ -50,6 +50,7 @@ from store import (
     parse_delivery_id,
 )
 from store import keys as k
+from store import values as v
 from store.keys import DEDUP_GEN_MS, Db
 
 RETENTION_MS = 1_000
@@ -436,12 +437,12 @@ class Lifecycle(RuleBasedStateMachine):
         refs: dict[int, int] = {}
         for key in keys:
             refs[key[1]] = refs.get(key[1], 0) + 1
-        bodies = {int.from_bytes(key, "big"): k.decode_body(raw) for key, raw in got[Db.BODIES]}
+        bodies = {int.from_bytes(key, "big"): v.decode_body(raw) for key, raw in got[Db.BODIES]}
         assert bodies == model.bodies
         assert set(bodies) == set(refs)
-        assert {int.from_bytes(key, "big"): k.decode_ref(raw) for key, raw in got[Db.REFS]} == refs
+        assert {int.from_bytes(key, "big"): v.decode_ref(raw) for key, raw in got[Db.REFS]} == refs
         # dedup records, by generation and hash
-        dedup = {key: k.decode_dedup(raw) for key, raw in got[Db.DEDUP_GENS]}
+        dedup = {key: v.decode_dedup(raw) for key, raw in got[Db.DEDUP_GENS]}
         assert {key: (v.transaction_id, v.mailboxes, v.expires_ms) for key, v in dedup.items()} == {
             k.dedup_key_of(gen, k.dedup_hash(key)): record
             for (gen, key), record in model.dedup.items()
@@ -478,14 +479,14 @@ def _deliveries(
     """The delivery records of a dump as {(num, seq): (attempt, sub, tm[, time[, reason]])}."""
     out: dict[Db, dict[tuple[int, int], tuple[object, ...]]] = {db: {} for db in _STATE_DB.values()}
     for key, raw in got[Db.READY]:
-        ready = k.decode_value(raw, k.ReadyValue)
+        ready = v.decode_value(raw, v.ReadyValue)
         out[Db.READY][k.parse_delivery_key(key)] = (ready.attempt, ready.subscription_id, ready.tm)
     for key, raw in got[Db.IN_FLIGHT]:
-        flight = k.decode_value(raw, k.FlightValue)
+        flight = v.decode_value(raw, v.FlightValue)
         value = (flight.attempt, flight.subscription_id, flight.tm, flight.deadline_ms)
         out[Db.IN_FLIGHT][k.parse_delivery_key(key)] = value
     for key, raw in got[Db.COPY]:
-        copy = k.decode_value(raw, k.CopyValue)
+        copy = v.decode_value(raw, v.CopyValue)
         assert copy.acked_ms + RETENTION_MS == copy.expires_ms
         out[Db.COPY][k.parse_delivery_key(key)] = (
             copy.attempt,
@@ -494,7 +495,7 @@ def _deliveries(
             copy.expires_ms,
         )
     for key, raw in got[Db.DEAD]:
-        dead = k.decode_value(raw, k.DeadValue)
+        dead = v.decode_value(raw, v.DeadValue)
         assert dead.dead_ms + RETENTION_MS == dead.expires_ms
         value5 = (dead.attempt, dead.subscription_id, dead.tm, dead.expires_ms, dead.reason)
         out[Db.DEAD][k.parse_delivery_key(key)] = value5
@@ -505,17 +506,17 @@ def _deliveries(
     return out
 
 
-_TYPES: dict[Db, type[k.ReadyValue | k.FlightValue | k.CopyValue | k.DeadValue]] = {
-    Db.READY: k.ReadyValue,
-    Db.IN_FLIGHT: k.FlightValue,
-    Db.COPY: k.CopyValue,
-    Db.DEAD: k.DeadValue,
+_TYPES: dict[Db, type[v.ReadyValue | v.FlightValue | v.CopyValue | v.DeadValue]] = {
+    Db.READY: v.ReadyValue,
+    Db.IN_FLIGHT: v.FlightValue,
+    Db.COPY: v.CopyValue,
+    Db.DEAD: v.DeadValue,
 }
 _FIELDS = {db: kind.__struct_fields__ for db, kind in _TYPES.items()}
 
 
 def _tm_is_none(db: Db, raw: bytes) -> bool:
-    value: k.ReadyValue | k.FlightValue | k.CopyValue | k.DeadValue = k.decode_value(
+    value: v.ReadyValue | v.FlightValue | v.CopyValue | v.DeadValue = v.decode_value(
         raw, _TYPES[db]
     )
     return value.tm is None

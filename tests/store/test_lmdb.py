@@ -22,7 +22,9 @@ from store import (
     open_store,
 )
 from store import keys as k
-from store.keys import DB_NAMES, META_FORMAT, Db, encode_format
+from store import values as v
+from store.keys import DB_NAMES, META_FORMAT, Db
+from store.values import encode_format
 
 
 def test_reopen_keeps_everything(tmp_path: Path) -> None:
@@ -142,7 +144,7 @@ def test_open_store(tmp_path: Path) -> None:
         durable.close()
 
 
-def _as_format_1(path: Path, dedup: dict[bytes, k.DedupValue]) -> None:
+def _as_format_1(path: Path, dedup: dict[bytes, v.DedupValue]) -> None:
     """Rewrite a closed environment the way format 1 stored dedup records."""
     env = lmdb.open(str(path), max_dbs=len(DB_NAMES) + 4, map_size=TEST_MAP_SIZE)
     dbs = {db: env.open_db(DB_NAMES[db]) for db in Db}
@@ -150,7 +152,7 @@ def _as_format_1(path: Path, dedup: dict[bytes, k.DedupValue]) -> None:
         txn.drop(dbs[Db.DEDUP_GENS], delete=False)
         for key, record in dedup.items():
             stored = k.normalize_dedup_key(key)
-            txn.put(stored, k.encode_value(record), db=dbs[Db.DEDUP])
+            txn.put(stored, v.encode_value(record), db=dbs[Db.DEDUP])
             txn.put(k.dedup_expiry_key(record.expires_ms, stored), b"", db=dbs[Db.DEDUP_EXPIRY])
         txn.put(META_FORMAT, encode_format(1), db=dbs[Db.META])
     env.close()
@@ -167,9 +169,9 @@ def test_format_1_is_upgraded(tmp_path: Path) -> None:
     _as_format_1(
         tmp_path,
         {
-            b"key-1": k.DedupValue("tx-1", 1, 61_000),
-            long_key: k.DedupValue("0f8fad5b-d9cb-469f-a165-70867728950e", 2, 61_000),
-            b"old": k.DedupValue("tx-old", 1, 500),
+            b"key-1": v.DedupValue("tx-1", 1, 61_000),
+            long_key: v.DedupValue("0f8fad5b-d9cb-469f-a165-70867728950e", 2, 61_000),
+            b"old": v.DedupValue("tx-old", 1, 500),
         },
     )
     again = LmdbStore(tmp_path, map_size=TEST_MAP_SIZE)
