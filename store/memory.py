@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .engine import KvStore
 from .keys import DB_NAMES
-from .kv import MemoryKv
+from .memorykv import MemoryKv
 
 __all__ = ["MemoryStore"]
 

@@ -9,7 +9,8 @@ import pytest
 from storekit import TEST_MAP_SIZE
 
 from broker.errors import StoreError
-from store.kv import KvEnv, LmdbKv, MemoryKv
+from store.kv import KvEnv, LmdbKv
+from store.memorykv import MemoryKv
 
 NAMES = (b"one", b"two")
 
