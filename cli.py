@@ -185,9 +185,6 @@ def _detect(path: str, data: bytes, explicit: str | None, batch: bool) -> tuple[
     return "application/json", batch
 
 
-MAX_WORKERS = 64
-
-
 def _serve(args: argparse.Namespace) -> int:
     import gc
     import signal
@@ -196,6 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from broker.config import BrokerConfig
     from broker.server import ServerInfo, serve
+    from broker.workers import MAX_WORKERS
 
     if not 1 <= args.workers <= MAX_WORKERS:
         print(f"dueslag: --workers must be between 1 and {MAX_WORKERS}", file=sys.stderr)

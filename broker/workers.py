@@ -46,6 +46,7 @@ from broker.config import BrokerConfig
 
 __all__ = [
     "MAX_RESTARTS",
+    "MAX_WORKERS",
     "RESTART_WINDOW_S",
     "Supervisor",
     "listen_socket",
@@ -58,6 +59,7 @@ RESTART_WINDOW_S = 60.0
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
 LISTEN_BACKLOG = 1024
+MAX_WORKERS = 64
 
 
 def listen_socket(bind: str, *, reuse_port: bool = False) -> socket.socket:
