@@ -31,6 +31,7 @@ from store.base import (
     Replay,
     RequeueDead,
     Store,
+    SweepResult,
 )
 
 __all__ = ["Receiving"]
@@ -94,6 +95,25 @@ class Receiving:
             done = [d for d in delivery_ids if d not in refused]
             await self._audit_deliveries(mb, "delivery.acked" if ack else "delivery.nacked", done)
         return result
+
+    async def audit_sweep(self, result: SweepResult) -> None:
+        """One audit event per sweep pass that expired leases (redelivery follows, or a dead
+        letter when the attempts are used up); the store reports counts, not ids."""
+        if not self.config.audit or not result.expired_leases:
+            return
+        event = AuditEvent(
+            ts_ms=self.clock(),
+            actor="broker",
+            action="delivery.expired",
+            detail={
+                "expired_leases": str(result.expired_leases),
+                "dead_lettered": str(result.dead_lettered),
+            },
+        )
+        try:
+            await self.writer.enqueue([self.governance.audit_op([event])], _ignore)
+        except BrokerError:  # overload: the sweep itself committed
+            self.metrics.rejected.labels("audit_dropped").inc()
 
     async def _audit_deliveries(self, mb: MailboxRecord, action: str, ids: Sequence[str]) -> None:
         """One audit event per request (not per delivery), listing the delivery ids it covered.

@@ -121,7 +121,12 @@ class Broker(Publishing, Receiving):
         )
         self.peers = peers
         self._sweep = sweep
-        self.sweeper = Sweeper(self.writer, metrics=self.metrics, interval=config.sweep_interval_s)
+        self.sweeper = Sweeper(
+            self.writer,
+            metrics=self.metrics,
+            interval=config.sweep_interval_s,
+            on_sweep=self.audit_sweep,
+        )
         self.registry = Registry.load(store)
         self.routing = self._build_index()
         self.governance = Governance(self.registry, self.writer, store, clock)

@@ -7,6 +7,7 @@ reports ``more`` the next one follows at once instead of after ``interval``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import trio
@@ -30,8 +31,10 @@ class Sweeper:
         metrics: Metrics | None = None,
         interval: float = SWEEP_INTERVAL,
         max_items: int = SWEEP_MAX_ITEMS,
+        on_sweep: Callable[[SweepResult], Awaitable[None]] | None = None,
     ) -> None:
         self._writer = writer
+        self._on_sweep = on_sweep  # e.g. the audit of expired leases and dead letters
         self._metrics = metrics
         self._interval = interval
         self._max_items = max_items
@@ -43,6 +46,8 @@ class Sweeper:
         self.passes += 1
         if self._metrics and result.expired_leases:
             self._metrics.expired.inc(result.expired_leases)
+        if self._on_sweep is not None:
+            await self._on_sweep(result)
         return result
 
     async def run(

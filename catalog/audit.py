@@ -53,6 +53,7 @@ ACTIONS: Final = frozenset(
         "delivery.acked",
         "delivery.nacked",
         "delivery.dead",
+        "delivery.expired",
         "agreement.requested",
         "agreement.decided",
         "agreement.withdrawn",
@@ -66,7 +67,8 @@ ACTIONS: Final = frozenset(
 
 
 class AuditEvent(Record, frozen=True, kw_only=True):
-    """One audited action. ``actor`` is a system id, an authority CVR or ``"admin"``."""
+    """One audited action. ``actor`` is a system id, an authority CVR, ``"admin"``, or
+    ``"broker"`` for what the broker does on its own (lease expiry)."""
 
     ts_ms: int
     actor: str

@@ -426,3 +426,23 @@ async def test_subscription_active_flag_and_expression_change(admin: Api) -> Non
         json={"active": False},
         expect=404,
     )
+
+
+async def test_expired_leases_are_audited(admin: Api, server: ServerInfo, clock: FakeClock) -> None:
+    sys = await admin.system()
+    mb = await sys.mailbox(TYPE1, max_deliveries=1)
+    await sys.send(envelope(TYPE1, besked_id="x-1"))
+    await sys.poll(mb, max=1, lease=5)
+    clock.advance(6)
+    result = await server.broker.sweeper.sweep_once()
+    assert (result.expired_leases, result.dead_lettered) == (1, 1)
+    with trio.fail_after(5):  # the audit line rides the next group commit
+        while True:
+            r = await admin.call("GET", "/v1/audit", params={"action": "delivery.expired"})
+            events = r.json()["events"]
+            if events:
+                break
+            await trio.sleep(0.01)
+    (event,) = events
+    assert event["actor"] == "broker"
+    assert event["detail"] == {"expired_leases": "1", "dead_lettered": "1"}
