@@ -185,128 +185,6 @@ def _detect(path: str, data: bytes, explicit: str | None, batch: bool) -> tuple[
     return "application/json", batch
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import gc
-    import signal
-
-    import trio
-
-    from broker.config import BrokerConfig
-    from broker.server import ServerInfo, serve
-    from broker.workers import MAX_WORKERS
-
-    if not 1 <= args.workers <= MAX_WORKERS:
-        print(f"dueslag: --workers must be between 1 and {MAX_WORKERS}", file=sys.stderr)
-        return 2
-    config = BrokerConfig(
-        data_dir=args.data,
-        bind=args.bind,
-        workers=args.workers,
-        admin_token=args.admin_token,
-        sync=not args.no_sync,
-        demo=args.demo,
-        dedup_window_s=args.dedup_window,
-        access_control=not args.no_access_control,
-    )
-    if args.workers > 1 and args.worker_index is None:
-        return _serve_workers(config)
-    worker = None
-    if args.worker_index is not None:
-        from broker.peers import WorkerSlot
-
-        worker = WorkerSlot(index=args.worker_index, count=args.workers, data_dir=args.data)
-
-    from broker.server import GC_THRESHOLDS
-
-    gc.set_threshold(*GC_THRESHOLDS)
-
-    async def run() -> None:
-        stop = trio.Event()
-        watchers = [trio.CancelScope(), trio.CancelScope()]  # what sets ``stop``; ended after
-        async with trio.open_nursery() as nursery:
-
-            async def on_signals() -> None:
-                with (
-                    watchers[0],
-                    trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
-                ):
-                    async for _ in signals:
-                        stop.set()
-                        return
-
-            async def on_parent_exit() -> None:
-                from broker.workers import watch_parent
-
-                with watchers[1]:
-                    await watch_parent(stop)
-
-            nursery.start_soon(on_signals)
-            if worker is not None:
-                nursery.start_soon(on_parent_exit)
-            info: ServerInfo = await nursery.start(
-                lambda task_status: serve(
-                    config, shutdown_trigger=stop.wait, worker=worker, task_status=task_status
-                )
-            )
-            gc.collect()
-            gc.freeze()  # start-up objects (catalog, index) leave the collector's generations
-            if worker is None:
-                _announce(info, config)
-            elif args.ready_fd is not None:
-                from broker.workers import ready_signal
-
-                ready_signal(args.ready_fd)
-            await stop.wait()
-            for scope in watchers:
-                scope.cancel()
-        if worker is None:
-            print("dueslag: stopped", flush=True)
-
-    trio.run(run)
-    return 0
-
-
-def _serve_workers(config: Any) -> int:
-    """The parent of ``--workers N``: prepare once, then run and watch the workers."""
-    import trio
-
-    from broker.server import prepare_data
-    from broker.workers import Supervisor
-
-    token, token_new = prepare_data(config)
-
-    def announce(url: str) -> None:
-        info = argparse.Namespace(binds=[url], admin_token=token, admin_token_new=token_new)
-        _announce(info, config)
-        print(f"dueslag: {config.workers} worker processes", flush=True)
-
-    rc = trio.run(Supervisor(config, token, announce).run)
-    print("dueslag: stopped", flush=True)
-    return rc
-
-
-def _announce(info: Any, config: Any) -> None:
-    data = Path(config.data_dir)
-    print(f"dueslag: listening on {', '.join(info.binds)} (data in {data.resolve()})", flush=True)
-    if info.admin_token_new:
-        print(
-            f"dueslag: admin token (shown once, also in {data / 'admin-token'}): {info.admin_token}",
-            flush=True,
-        )
-    elif config.admin_token or os.environ.get("DUESLAG_ADMIN_TOKEN"):
-        print("dueslag: admin token: as given (--admin-token / $DUESLAG_ADMIN_TOKEN)", flush=True)
-    else:
-        print(f"dueslag: admin token: in {data / 'admin-token'}", flush=True)
-    demo = data / "demo.json"
-    if config.demo and demo.exists():
-        d = json.loads(demo.read_text())
-        print(
-            f"dueslag: demo system {d['system_id']}, mailbox {d['mailbox_id']} (token in {demo})",
-            flush=True,
-        )
-    print("dueslag: authenticate with 'Authorization: Bearer <token>'", flush=True)
-
-
 def _client_command(args: argparse.Namespace) -> int:
     from broker.client import Client
     from broker.commands import ADMIN_COMMANDS, GOVERNANCE_COMMANDS, run_governance
@@ -378,7 +256,9 @@ def _mailbox(c: Any, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        return _serve(args)
+        from broker.serving import serve_command
+
+        return serve_command(args)
     if args.command == "bench":
         from broker.loadtest import run_bench
 

@@ -44,6 +44,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -55,7 +57,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serverproc import ServerProcess
+from tests.serverproc import REPO_ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -545,3 +547,24 @@ def test_kill_9_keeps_every_acknowledged_envelope(tmp_path: Path) -> None:
         )
     finally:
         srv.close()
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    """Two independent servers on one data dir would both sweep and never wake each other's
+    long polls: the second refuses to start, and the dir is free again once the first is gone,
+    even after kill -9 (the lock is a flock the kernel drops)."""
+    data = tmp_path / "data"
+    with ServerProcess(data) as first:
+        second = subprocess.run(
+            [sys.executable, "-m", "cli", "serve", "--data", str(data), "--bind", "127.0.0.1:0"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2
+        assert "another dueslag is serving" in second.stderr
+        assert f"pid {first.pid}" in second.stderr
+        first.kill()
+    with ServerProcess(data) as again:  # the same dir serves again after the crash
+        assert httpx.get(again.url + "/readyz").status_code == 200
