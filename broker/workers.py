@@ -130,13 +130,20 @@ class Supervisor:
 
     async def run(self) -> int:
         """Serve until SIGINT/SIGTERM (exit 0) or a worker cannot be kept running (exit 1)."""
-        first = listen_socket(self.config.bind, reuse_port=True)
-        self._socks = [first]
-        host, port = first.getsockname()[:2]  # port 0 is resolved by the first bind
+        # A plain bind first: it fails when anything listens on the port, even another group of
+        # SO_REUSEPORT sockets (another supervisor), which a reuse-port bind would silently join.
+        try:
+            with listen_socket(self.config.bind) as probe:
+                host, port = probe.getsockname()[:2]  # port 0 is resolved here
+        except OSError as exc:
+            print(
+                f"dueslag: cannot listen on {self.config.bind}: {exc}", file=sys.stderr, flush=True
+            )
+            return 1
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            for _ in range(1, self.config.workers):
+            for _ in range(self.config.workers):
                 self._socks.append(listen_socket(bind, reuse_port=True))
         except BaseException:
             for sock in self._socks:

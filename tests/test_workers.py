@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -43,7 +45,7 @@ from store.base import (
     PutDoc,
     UpdateSubscription,
 )
-from tests.serverproc import ServerProcess, child_pids, pid_alive
+from tests.serverproc import REPO_ROOT, ServerProcess, child_pids, pid_alive
 
 WORKER_HEADER = "x-dueslag-worker"
 TYPE_A = "3c1d9a52-0f4e-4d7b-9a61-5b2e8c7d4f10"
@@ -342,6 +344,25 @@ def test_sigterm_stops_every_worker(tmp_path: Path) -> None:
         assert not list((tmp_path / "data" / "run").glob("*.sock"))
     finally:
         srv.close()
+
+
+@pytest.mark.slow
+def test_a_second_supervisor_cannot_join_a_port_in_use(tmp_path: Path) -> None:
+    # the workers' sockets share their port (SO_REUSEPORT); another supervisor must not silently
+    # join that group and split the connections between two brokers
+    with ServerProcess(tmp_path / "a", workers=2) as first:
+        port = first.url.rsplit(":", 1)[1]
+        argv = ["serve", "--workers", "2", "--data", str(tmp_path / "b")]
+        other = subprocess.run(
+            [sys.executable, "-m", "cli", *argv, "--bind", f"127.0.0.1:{port}"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert other.returncode == 1
+        assert "cannot listen on" in other.stderr and "in use" in other.stderr
+        assert httpx.get(first.url + "/readyz").status_code == 200
 
 
 # ------------------------------------------------------------------------------ notices (unit)
