@@ -8,6 +8,7 @@ line itself; with workers the supervisor prints it once every worker is ready.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -116,8 +117,31 @@ def _serve_one(args: argparse.Namespace, config: Any) -> int:
         if worker is None:
             print("dueslag: stopped", flush=True)
 
-    trio.run(run)
+    try:
+        trio.run(run)
+    except BaseExceptionGroup as group:
+        bind_error = _bind_error(group)
+        if bind_error is None:
+            raise
+        print(f"dueslag: cannot listen on {config.bind}: {bind_error}", file=sys.stderr)
+        return 1
     return 0
+
+
+_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
+def _bind_error(exc: BaseException) -> OSError | None:
+    """The address error inside the start-up's exception group (the one user-facing start-up
+    failure that is not a bug): a busy port, an address not on this host, a privileged port."""
+    if isinstance(exc, OSError) and exc.errno in _BIND_ERRNOS:
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _bind_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _serve_workers(config: Any) -> int:

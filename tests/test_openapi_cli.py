@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +16,7 @@ from broker.http import create_app
 from broker.http.openapi import openapi_document
 from broker.service import Broker
 from store import MemoryStore
+from tests.serverproc import REPO_ROOT
 
 
 def _app_routes() -> set[tuple[str, str]]:
@@ -127,3 +132,31 @@ async def test_cli_against_a_live_server(
     )
     shown = await trio.to_thread.run_sync(lambda: run("mailbox", "show", mb, token=token))
     assert (shown["ready"], shown["in_flight"], shown["copy"]) == (0, 0, 1)  # type: ignore[index]
+
+
+def test_serve_on_a_busy_port_says_so(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "serve",
+                "--data",
+                str(tmp_path / "d"),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--admin-token",
+                "t" * 32,
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr
