@@ -1,8 +1,16 @@
-"""Prometheus metrics of one broker instance (its own registry, so tests can run several)."""
+"""Prometheus metrics of one broker instance (its own registry, so tests can run several).
+
+Under ``serve --workers N`` the supervisor gives every worker ``$PROMETHEUS_MULTIPROC_DIR``:
+prometheus_client then keeps each process's values in files there, and :meth:`Metrics.render`
+sums them, so ``/metrics`` on any worker reports the whole broker.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = ["Metrics"]
 
@@ -55,7 +63,17 @@ class Metrics:
             registry=r,
             buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 20000),
         )
-        self.queued = Gauge("dueslag_writer_queued_jobs", "Jobs waiting for the writer", registry=r)
+        self.queued = Gauge(
+            "dueslag_writer_queued_jobs",
+            "Jobs waiting for the writer",
+            registry=r,
+            multiprocess_mode="livesum",  # with workers: the sum over the live processes
+        )
 
     def render(self) -> bytes:
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if shared:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=shared)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)

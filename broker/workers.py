@@ -33,14 +33,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import trio
+from prometheus_client.multiprocess import mark_process_dead
 
 from broker.config import BrokerConfig
 
@@ -115,6 +118,9 @@ class Supervisor:
         self._procs: dict[int, trio.Process] = {}
         self._ready = 0
         self._socks: list[socket.socket] = []
+        # The workers' Prometheus values, one set of files per process (prometheus_client's
+        # multiprocess mode), so that /metrics on any worker reports the whole broker.
+        self.metrics_dir = Path(config.data_dir).resolve() / "run" / "metrics"
 
     def command(self, index: int, listen_fd: int, ready_fd: int) -> list[str]:
         c = self.config
@@ -130,6 +136,8 @@ class Supervisor:
 
     async def run(self) -> int:
         """Serve until SIGINT/SIGTERM (exit 0) or a worker cannot be kept running (exit 1)."""
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)  # counters start at 0, as they do
+        self.metrics_dir.mkdir(parents=True, exist_ok=True)  # in a single-process server
         # A plain bind first: it fails when anything listens on the port, even another group of
         # SO_REUSEPORT sockets (another supervisor), which a reuse-port bind would silently join.
         try:
@@ -188,6 +196,7 @@ class Supervisor:
                 scope.cancel()
                 return
             rc = await proc.wait()
+            mark_process_dead(proc.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
             if self.stopping:
                 return
             if len(starts) == starts.maxlen and time.monotonic() - starts[0] < RESTART_WINDOW_S:
@@ -208,7 +217,11 @@ class Supervisor:
         worker that did not is stopped)."""
         listen_fd = self._socks[index].fileno()  # its own socket: see listen_socket()
         ready_r, ready_w = os.pipe()
-        env = {**os.environ, "DUESLAG_ADMIN_TOKEN": self.admin_token}
+        env = {
+            **os.environ,
+            "DUESLAG_ADMIN_TOKEN": self.admin_token,
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+        }
         try:
             proc = await trio.lowlevel.open_process(
                 self.command(index, listen_fd, ready_w),

@@ -280,6 +280,34 @@ def test_concurrent_sends_through_both_workers_are_delivered_exactly_once(
         assert (stats["ready"], stats["in_flight"], stats["copy"]) == (0, 0, len(every))
 
 
+def _accepted(c: Pinned) -> float:
+    text = c.request("GET", "/metrics").text
+    (line,) = [x for x in text.splitlines() if x.startswith("dueslag_envelopes_accepted_total ")]
+    return float(line.split()[1])
+
+
+@pytest.mark.slow
+def test_metrics_on_either_worker_count_the_whole_broker(
+    server: ServerProcess, system: tuple[Pinned, Pinned]
+) -> None:
+    a, b = system
+    admin = [Pinned(server.url, w, server.admin_token) for w in (0, 1)]
+    try:
+        before = [_accepted(c) for c in admin]
+        assert before[0] == before[1]  # both render the same, summed values
+        t = str(uuid.uuid4())
+        mailbox(a, t)
+        for c, n in ((a, 3), (b, 4)):  # 3 envelopes through worker 0, 4 through worker 1
+            envs = [envelope(t) for _ in range(n)]
+            r = c.request("POST", "/v1/messages/batch", content=json.dumps(envs).encode())
+            assert r.status_code == 200 and r.json()["accepted"] == n
+        after = [_accepted(c) for c in admin]
+        assert after[0] == after[1] == before[0] + 7
+    finally:
+        for c in admin:
+            c.close()
+
+
 @pytest.mark.slow
 def test_dedup_holds_across_workers(system: tuple[Pinned, Pinned]) -> None:
     a, b = system
