@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+import trio
+
+from broker.config import BrokerConfig
+from broker.datalock import DataDirBusy, DataDirLock
+from broker.peers import WorkerSlot
+from broker.server import GC_THRESHOLDS, ServerInfo, prepare_data, serve
+from broker.workers import MAX_WORKERS, Supervisor, ready_signal, watch_parent
 
 __all__ = ["serve_command"]
 
@@ -21,9 +31,6 @@ __all__ = ["serve_command"]
 def serve_command(args: argparse.Namespace) -> int:
     """``dueslag serve``: refuse a busy data dir, then serve in this process or supervise
     ``--workers N``. Returns the exit status."""
-
-    from broker.config import BrokerConfig
-    from broker.workers import MAX_WORKERS
 
     if not 1 <= args.workers <= MAX_WORKERS:
         print(f"dueslag: --workers must be between 1 and {MAX_WORKERS}", file=sys.stderr)
@@ -39,8 +46,6 @@ def serve_command(args: argparse.Namespace) -> int:
         access_control=not args.no_access_control,
     )
     if args.worker_index is None:  # the serving process tree's root holds the data dir
-        from broker.datalock import DataDirBusy, DataDirLock
-
         lock = DataDirLock(args.data)
         try:
             lock.acquire()
@@ -58,20 +63,10 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def _serve_one(args: argparse.Namespace, config: Any) -> int:
     """One serving process: the only one (``--workers 1``) or a worker of the supervisor."""
-    import gc
-    import signal
-
-    import trio
-
-    from broker.server import ServerInfo, serve
 
     worker = None
     if args.worker_index is not None:
-        from broker.peers import WorkerSlot
-
         worker = WorkerSlot(index=args.worker_index, count=args.workers, data_dir=args.data)
-
-    from broker.server import GC_THRESHOLDS
 
     gc.set_threshold(*GC_THRESHOLDS)
 
@@ -90,7 +85,6 @@ def _serve_one(args: argparse.Namespace, config: Any) -> int:
                         return
 
             async def on_parent_exit() -> None:
-                from broker.workers import watch_parent
 
                 with watchers[1]:
                     await watch_parent(stop)
@@ -108,8 +102,6 @@ def _serve_one(args: argparse.Namespace, config: Any) -> int:
             if worker is None:
                 _announce(info, config)
             elif args.ready_fd is not None:
-                from broker.workers import ready_signal
-
                 ready_signal(args.ready_fd)
             await stop.wait()
             for scope in watchers:
@@ -146,10 +138,6 @@ def _bind_error(exc: BaseException) -> OSError | None:
 
 def _serve_workers(config: Any) -> int:
     """The parent of ``--workers N``: prepare once, then run and watch the workers."""
-    import trio
-
-    from broker.server import prepare_data
-    from broker.workers import Supervisor
 
     token, token_new = prepare_data(config)
 
