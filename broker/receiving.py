@@ -110,10 +110,7 @@ class Receiving:
                 "dead_lettered": str(result.dead_lettered),
             },
         )
-        try:
-            await self.writer.enqueue([self.governance.audit_op([event])], _ignore)
-        except BrokerError:  # overload: the sweep itself committed
-            self.metrics.rejected.labels("audit_dropped").inc()
+        await self._audit_later(event)
 
     async def _audit_deliveries(self, mb: MailboxRecord, action: str, ids: Sequence[str]) -> None:
         """One audit event per request (not per delivery), listing the delivery ids it covered.
@@ -131,9 +128,13 @@ class Receiving:
             mailbox=mb.id,
             detail={"count": str(len(ids)), "delivery_ids": ",".join(ids)[:900]},
         )
+        await self._audit_later(event)
+
+    async def _audit_later(self, event: AuditEvent) -> None:
+        """Queue ``event`` for the next group commit without waiting for it (see above)."""
         try:
             await self.writer.enqueue([self.governance.audit_op([event])], _ignore)
-        except BrokerError:  # overload: the operation itself succeeded
+        except BrokerError:  # overload: the operation it records has already committed
             self.metrics.rejected.labels("audit_dropped").inc()
 
     async def requeue_dead(self, mb: MailboxRecord, delivery_ids: Sequence[str]) -> int:

@@ -1,6 +1,7 @@
 """Storage: the :class:`Store` protocol, its LMDB and in-memory implementations.
 
-The key layout and on-disk format live in ``store.keys`` alone.
+The on-disk format lives in ``store.keys`` (databases, key layout) and ``store.values``
+(value encodings) alone.
 """
 
 from __future__ import annotations
