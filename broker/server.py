@@ -29,6 +29,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from broker.config import BrokerConfig, load_or_create_admin_token, load_or_create_instance_id
 from broker.http import create_app, streams
 from broker.peers import Peers, WorkerSlot
+from broker.registry import Registry
 from broker.service import Broker
 from broker.writer import wall_ms
 from store.base import Store
@@ -68,17 +69,23 @@ def _prepare(config: BrokerConfig) -> tuple[str, bool, str, Store]:
     return token, token_new, instance_id, store
 
 
-def _seed(broker: Broker, config: BrokerConfig) -> None:
-    """Before the actors start (so writing directly is safe): the bundled catalog and
-    municipalities on a fresh store, and the demo set-up when asked for."""
-    ops = broker.registry.seed_ops()
+def _seed_store(store: Store, registry: Registry, config: BrokerConfig) -> bool:
+    """Write the bundled catalog and municipalities into a fresh store, and the demo set-up
+    when asked for; whether anything may have been written. Only before any writer runs."""
+    ops = registry.seed_ops()
     if ops:
-        broker.store.apply(ops, wall_ms())
+        store.apply(ops, wall_ms())
     if config.demo:
         from broker.demo import ensure_demo
 
-        ensure_demo(broker.store, config.data_dir)
-    if ops or config.demo:
+        ensure_demo(store, config.data_dir)
+    return bool(ops) or config.demo
+
+
+def _seed(broker: Broker, config: BrokerConfig) -> None:
+    """Before the actors start (so writing directly is safe): :func:`_seed_store`, then the
+    broker's caches are rebuilt from what was written."""
+    if _seed_store(broker.store, broker.registry, config):
         broker.reload()
 
 
@@ -86,17 +93,9 @@ def prepare_data(config: BrokerConfig) -> tuple[str, bool]:
     """What the parent of several workers does once, before any of them starts: the data
     dir, the admin token, the instance id and the seeded store (opened and closed here).
     Returns the admin token and whether it was generated just now."""
-    from broker.registry import Registry
-
     token, token_new, _, store = _prepare(config)
     try:
-        ops = Registry.load(store).seed_ops()
-        if ops:
-            store.apply(ops, wall_ms())
-        if config.demo:
-            from broker.demo import ensure_demo
-
-            ensure_demo(store, config.data_dir)
+        _seed_store(store, Registry.load(store), config)
     finally:
         store.close()
     return token, token_new
