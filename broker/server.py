@@ -27,7 +27,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from broker.config import BrokerConfig, load_or_create_admin_token, load_or_create_instance_id
-from broker.http import create_app, streams
+from broker.http import create_asgi, streams
 from broker.peers import Peers, WorkerSlot
 from broker.registry import Registry
 from broker.service import Broker
@@ -139,7 +139,7 @@ async def serve(
         hc.graceful_timeout = config.graceful_timeout_s
         hc.accesslog = None
         hc.errorlog = "-"
-        app = create_app(broker)
+        app = create_asgi(broker)
         async with trio.open_nursery() as nursery:
             await nursery.start(broker.run)
 

@@ -12,7 +12,7 @@ import pytest
 
 import cli
 from broker.config import BrokerConfig
-from broker.http import create_app
+from broker.http import create_app, streams
 from broker.http.openapi import openapi_document
 from broker.service import Broker
 from store import MemoryStore
@@ -20,8 +20,13 @@ from tests.serverproc import REPO_ROOT
 
 
 def _app_routes() -> set[tuple[str, str]]:
-    app = create_app(Broker(MemoryStore(), BrokerConfig(), admin_token="x"))
-    routes = set()
+    broker = Broker(MemoryStore(), BrokerConfig(), admin_token="x")
+    app = create_app(broker)
+    # the WebSocket streams are served in front of Quart (broker/http/rawws.py): a GET upgrade
+    routes = {
+        ("get", re.sub(r"\(\?P<([^>]+)>[^)]*\)", r"{\1}", pattern))
+        for pattern in streams.routes(broker)
+    }
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue

@@ -357,6 +357,9 @@ async def test_stream_refusals_use_the_http_error_shape(admin: Api, server: Serv
         assert r.status_code == 404
         r = await upgrade(server, consume + "?lease=0.5", a.headers["Authorization"][7:])
         assert r.status_code == 400 and r.json()["error"]["path"] == "query.lease"
+        # not a stream route: Quart's answer, in the same error shape
+        r = await upgrade(server, "/v1/stream/nope", token_b)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
 # ---------------------------------------------------------------------------- consume

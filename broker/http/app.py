@@ -1,4 +1,5 @@
-"""The quart-trio application: routes from the sibling modules, one error shape for all."""
+"""The ASGI application: the stream routes (:mod:`broker.http.rawws`) in front of the quart-trio
+app, which has every HTTP route from the sibling modules; one error shape for all."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from werkzeug.exceptions import HTTPException
 from broker.errors import BrokerError
 from broker.http import admin, governance, mailboxes, messages, streams
 from broker.http.common import error_response, http_exception_response, json_response
+from broker.http.rawws import StreamRouter
 from broker.service import Broker
 
-__all__ = ["WORKER_HEADER", "create_app"]
+__all__ = ["WORKER_HEADER", "create_app", "create_asgi"]
 
 #: Response header naming the worker process that answered (only with ``serve --workers N``).
 WORKER_HEADER = "X-Dueslag-Worker"
@@ -21,7 +23,16 @@ WORKER_HEADER = "X-Dueslag-Worker"
 log = logging.getLogger("dueslag.http")
 
 
+def create_asgi(broker: Broker) -> StreamRouter:
+    """What hypercorn serves: the WebSocket streams on raw ASGI, everything else through Quart."""
+    peers = broker.peers
+    return StreamRouter(
+        create_app(broker), streams.routes(broker), None if peers is None else peers.drain
+    )
+
+
 def create_app(broker: Broker) -> QuartTrio:
+    """The quart-trio app with the HTTP routes (the streams are :func:`create_asgi`'s)."""
     app = QuartTrio("dueslag")
     app.config["RESPONSE_TIMEOUT"] = None  # long polls and streams outlive Quart's 60 s default
     app.config["MAX_CONTENT_LENGTH"] = broker.config.max_request_bytes
@@ -48,7 +59,6 @@ def create_app(broker: Broker) -> QuartTrio:
     mailboxes.register(app, broker)
     admin.register(app, broker)
     governance.register(app, broker)
-    streams.register(app, broker)
     return app
 
 
@@ -61,10 +71,6 @@ def _serve_as_worker(app: QuartTrio, broker: Broker) -> None:
 
     @app.before_request
     async def drain_peer_notices() -> None:
-        peers.drain()
-
-    @app.before_websocket
-    async def drain_peer_notices_ws() -> None:
         peers.drain()
 
     @app.after_request

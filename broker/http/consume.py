@@ -16,13 +16,13 @@ from typing import Any
 import msgspec
 import trio
 from msgspec import UNSET, Struct, UnsetType
-from quart.wrappers import Websocket
 
 from broker.codec import validation_error
 from broker.delivery import deliveries_out
 from broker.errors import BrokerError, InvalidInput
 from broker.http import streams
 from broker.http.mailboxes import FailedOut, PollOut
+from broker.http.rawws import StreamSocket
 from broker.http.streams import DRAIN_TIMEOUT_S, ConsumeIn, ErrorOut, _error_body, _Stream, _text
 from broker.service import Broker
 from broker.streamhub import Credit
@@ -49,7 +49,7 @@ class ConsumeStream(_Stream):
     kind = "consume"
 
     def __init__(
-        self, broker: Broker, ws: Websocket, mailbox: MailboxRecord, lease_s: float
+        self, broker: Broker, ws: StreamSocket, mailbox: MailboxRecord, lease_s: float
     ) -> None:
         super().__init__(ws)
         self.broker = broker

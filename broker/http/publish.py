@@ -16,10 +16,10 @@ from functools import partial
 from typing import Any
 
 import trio
-from quart.wrappers import Websocket
 
 from broker.errors import BrokerError
 from broker.http import streams
+from broker.http.rawws import StreamSocket
 from broker.http.streams import DRAIN_TIMEOUT_S, ConfirmsOut, ErrorOut, _error_body, _Stream, _text
 from broker.service import Broker
 from broker.streaming import FrameError, PublishFrame, PublishWindow, decode_publish_frame
@@ -34,7 +34,7 @@ MAX_CONFIRM_RESULTS = 10_000
 class PublishStream(_Stream):
     kind = "publish"
 
-    def __init__(self, broker: Broker, ws: Websocket, sender: SystemRecord, window: int) -> None:
+    def __init__(self, broker: Broker, ws: StreamSocket, sender: SystemRecord, window: int) -> None:
         super().__init__(ws)
         self.broker = broker
         self.sender = sender
@@ -64,6 +64,8 @@ class PublishStream(_Stream):
             while not window.has_room():
                 await self._room.park()
             data = await self.ws.receive()  # a cancelled receive takes no frame
+            if data is None:  # the client has gone: the handler is being cancelled
+                return
             try:
                 frame = decode_publish_frame(data)
             except FrameError as exc:

@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 Both handlers authenticate the upgrade request exactly like an HTTP request and refuse it with
 the same JSON error (401/403/404/503) *before* accepting. After that each connection runs its
-tasks in a nursery owned by the handler; when the client goes away quart-trio cancels the
-handler, nursery included, so no task outlives its connection. The protocol is in
-docs/streams.md; the flow-control state lives in :mod:`broker.streaming`. The streams
+tasks in a nursery owned by the handler; when the client goes away the router
+(:mod:`broker.http.rawws`) cancels the handler, nursery included, so no task outlives its
+connection. The protocol is in docs/streams.md; the flow-control state lives in :mod:`broker.streaming`. The streams
 themselves are in :mod:`broker.http.publish` and :mod:`broker.http.consume`; this module holds
 what they share (wire shapes, the stop/drain/close of :class:`_Stream`), the hub and the routes.
 
@@ -26,15 +26,14 @@ from typing import Any
 import msgspec
 import trio
 from msgspec import UNSET, Struct, UnsetType
-from quart import Quart, Response, websocket
-from quart.wrappers import Websocket
 from werkzeug.datastructures import MultiDict
 
 from broker.envelope import Haendelsesbesked
 from broker.errors import BrokerError, InvalidInput, Overloaded
-from broker.http.common import ErrorBody, error_response
+from broker.http.common import ErrorBody
 from broker.http.mailboxes import DeliveryIds
 from broker.http.messages import BatchItem
+from broker.http.rawws import StreamHandler, StreamSocket
 from broker.service import Broker
 from broker.streamhub import StreamHub
 from broker.streaming import DEFAULT_WINDOW, INTERNAL_ERROR, MAX_WINDOW, PublishFrame
@@ -47,7 +46,7 @@ __all__ = [
     "ErrorOut",
     "PublishIn",
     "hub_of",
-    "register",
+    "routes",
 ]
 
 #: How long a stopping stream waits for its in-flight work before it closes anyway.
@@ -155,7 +154,7 @@ class _Stream:
 
     kind = "stream"
 
-    def __init__(self, ws: Websocket) -> None:
+    def __init__(self, ws: StreamSocket) -> None:
         self.ws = ws
         self._stopped = False
         self._close: tuple[int, str] = (1000, "")
@@ -212,58 +211,48 @@ class _Stream:
 # ---------------------------------------------------------------------------- routes
 
 
-def _refusal(err: BrokerError) -> Response:
-    """A refused upgrade: the HTTP error response, and the connection closed after it (hypercorn
-    would otherwise keep a connection whose upgrade it refused, and trip over the next request)."""
-    response = error_response(err)
-    response.headers["Connection"] = "close"
-    return response
+def routes(broker: Broker) -> dict[str, StreamHandler]:
+    """The stream routes (path pattern -> handler) for :class:`~broker.http.rawws.StreamRouter`.
 
-
-def register(app: Quart, broker: Broker) -> None:
+    Each handler authenticates the upgrade exactly like an HTTP request; a refusal is raised as
+    the :class:`BrokerError` before the upgrade is accepted, and the router answers it with the
+    same JSON error response as the HTTP endpoints.
+    """
     # Imported here: the stream modules import their shared pieces from this one.
     from broker.http.consume import ConsumeStream
     from broker.http.publish import PublishStream
 
     hub = hub_of(broker)
-    app.extensions["dueslag.streams"] = hub
+    cfg = broker.config
 
     def refuse_when_closing() -> None:
         if hub.closing:
             raise Overloaded("the broker is shutting down", code="shutting_down", retry_after=5)
 
-    @app.websocket("/v1/stream/publish")
-    async def publish_stream() -> Response | None:
-        ws: Websocket = websocket._get_current_object()  # type: ignore[attr-defined]
-        try:
-            refuse_when_closing()
-            sender = broker.require_system(broker.authenticate(ws.headers.get("Authorization")))
-            window = int(
-                _query_number(ws.args, "window", DEFAULT_WINDOW, lo=1, hi=MAX_WINDOW, integer=True)
-            )
-        except BrokerError as err:
-            return _refusal(err)
+    async def publish_stream(ws: StreamSocket, params: dict[str, str]) -> None:
+        refuse_when_closing()
+        sender = broker.require_system(broker.authenticate(ws.headers.get("Authorization")))
+        window = int(
+            _query_number(ws.args, "window", DEFAULT_WINDOW, lo=1, hi=MAX_WINDOW, integer=True)
+        )
         await ws.accept()
         stream = PublishStream(broker, ws, sender, window)
         with hub.track(stream):
             await stream.serve()
-        return None
 
-    @app.websocket("/v1/stream/mailboxes/<mailbox_id>/consume")
-    async def consume_stream(mailbox_id: str) -> Response | None:
-        ws: Websocket = websocket._get_current_object()  # type: ignore[attr-defined]
-        cfg = broker.config
-        try:
-            refuse_when_closing()
-            owner = broker.require_system(broker.authenticate(ws.headers.get("Authorization")))
-            mb = broker.mailbox_of(owner, mailbox_id)
-            lease = _query_number(
-                ws.args, "lease", cfg.default_lease_s, lo=1.0, hi=cfg.max_lease_s, integer=False
-            )
-        except BrokerError as err:
-            return _refusal(err)
+    async def consume_stream(ws: StreamSocket, params: dict[str, str]) -> None:
+        refuse_when_closing()
+        owner = broker.require_system(broker.authenticate(ws.headers.get("Authorization")))
+        mb = broker.mailbox_of(owner, params["mailbox_id"])
+        lease = _query_number(
+            ws.args, "lease", cfg.default_lease_s, lo=1.0, hi=cfg.max_lease_s, integer=False
+        )
         await ws.accept()
         stream = ConsumeStream(broker, ws, mb, lease)
         with hub.track(stream):
             await stream.serve()
-        return None
+
+    return {
+        "/v1/stream/publish": publish_stream,
+        "/v1/stream/mailboxes/(?P<mailbox_id>[^/]+)/consume": consume_stream,
+    }

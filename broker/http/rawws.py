@@ -1,0 +1,203 @@
+"""The stream routes served on the ASGI callables directly, in front of the Quart app.
+
+Why not Quart's own WebSocket routes: quart-trio relays every received message through a second
+task and a memory channel, and fires its ``websocket_received``/``websocket_sent`` signals on
+every message. At one envelope per frame that relay is a large share of a stream's cost
+(docs/performance.md), while the streams need nothing of Quart but the upgrade's headers and query.
+So :class:`StreamRouter` takes every WebSocket upgrade itself (the streams are the only
+WebSocket routes; any other path is refused with the 404 error response) and hands everything
+else (HTTP, lifespan) to Quart unchanged.
+
+Semantics kept from Quart: a refused upgrade is the HTTP error response (ASGI's
+``websocket.http.response`` extension, which hypercorn has; a bare 403 close otherwise); when the
+client goes away the handler is cancelled (Quart cancels it the moment its relay sees the
+disconnect; here :meth:`RawWebsocket.receive` sees it, since a stream always reads unless its
+window is full, and a full window empties as confirms are sent to the closed socket, which
+hypercorn ignores).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+import trio
+from werkzeug.datastructures import Headers, MultiDict
+
+from broker.errors import BrokerError, NotFound
+from broker.http.common import error_response, json_response
+
+__all__ = ["RawWebsocket", "StreamHandler", "StreamRouter", "StreamSocket"]
+
+log = logging.getLogger("dueslag.streams")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+#: Quart's own ASGI signature is narrower typed; any ASGI app is served the same way
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+class StreamSocket(Protocol):
+    """What a stream handler uses of its WebSocket."""
+
+    headers: Headers
+    args: MultiDict[str, str]
+    path: str
+    remote_addr: str | None
+
+    async def accept(self) -> None: ...
+    async def receive(self) -> str | bytes | None: ...
+    async def send(self, data: str | bytes) -> None: ...
+    async def close(self, code: int, reason: str = "") -> None: ...
+
+
+class RawWebsocket:
+    """One upgraded connection on the ASGI ``receive``/``send`` callables.
+
+    ``receive`` returns ``None`` once the client has gone, after cancelling ``scope`` (the
+    handler's), as Quart would have done.
+    """
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, cancel: trio.CancelScope):
+        client = scope.get("client")
+        self.remote_addr: str | None = client[0] if client else None
+        headers = Headers()
+        headers["Remote-Addr"] = self.remote_addr or "<local>"
+        for name, value in scope["headers"]:
+            headers.add(name.decode("latin1").title(), value.decode("latin1"))
+        self.headers = headers
+        query = scope.get("query_string", b"").decode("ascii", errors="replace")
+        self.args: MultiDict[str, str] = MultiDict(parse_qsl(query, keep_blank_values=True))
+        self.path: str = scope["path"]
+        self._extensions: dict[str, Any] = scope.get("extensions") or {}
+        self._receive = receive
+        self._send = send
+        self._cancel = cancel
+        self.accepted = False
+        self.gone = False
+
+    async def accept(self) -> None:
+        await self._send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+        self.accepted = True
+
+    async def receive(self) -> str | bytes | None:
+        while not self.gone:
+            event = await self._receive()
+            kind = event["type"]
+            if kind == "websocket.receive":
+                data: str | bytes | None = event.get("bytes")
+                return data if data is not None else event["text"]
+            if kind == "websocket.disconnect":
+                self.gone = True
+                self._cancel.cancel()
+        return None
+
+    async def send(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            await self._send({"type": "websocket.send", "bytes": None, "text": data})
+        else:
+            await self._send({"type": "websocket.send", "bytes": data, "text": None})
+
+    async def close(self, code: int, reason: str = "") -> None:
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def refuse(self, status: int, headers: Headers, body: bytes) -> None:
+        """Answer the upgrade with an HTTP response instead (only before :meth:`accept`)."""
+        if "websocket.http.response" not in self._extensions:
+            await self._send({"type": "websocket.close", "code": 1008})  # the server's 403
+            return
+        await self._send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            }
+        )
+        await self._send({"type": "websocket.http.response.body", "body": body})
+
+
+#: A stream route's handler: refuses by raising :class:`BrokerError` before ``ws.accept()``.
+StreamHandler = Callable[[StreamSocket, dict[str, str]], Awaitable[None]]
+
+
+class StreamRouter:
+    """ASGI app: ``routes`` (path regex -> handler) for WebSocket upgrades (404 for any other
+    path), ``app`` for everything else.
+
+    ``before`` runs ahead of every stream handler (the workers' peer-notice drain, as Quart's
+    ``before_websocket`` hook does for the HTTP routes).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: dict[str, StreamHandler],
+        before: Callable[[], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.routes = [(re.compile(pattern), handler) for pattern, handler in routes.items()]
+        self.before = before
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            for pattern, handler in self.routes:
+                match = pattern.fullmatch(scope["path"])
+                if match is not None:
+                    await self._serve(handler, match.groupdict(), scope, receive, send)
+                    return
+            await self._serve(_no_such_stream, {}, scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _serve(
+        self,
+        handler: StreamHandler,
+        params: dict[str, str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        event = await receive()  # hypercorn opens with websocket.connect; nothing else is sent
+        if event["type"] != "websocket.connect":
+            return
+        with trio.CancelScope() as cancel:
+            ws = RawWebsocket(scope, receive, send, cancel)
+            try:
+                if self.before is not None:
+                    self.before()
+                await handler(ws, params)
+            except BrokerError as err:
+                if ws.accepted:
+                    raise
+                response = error_response(err)
+                await ws.refuse(
+                    response.status_code, _closing(response.headers), await _body(response)
+                )
+            except Exception:
+                if ws.accepted:
+                    raise
+                log.exception("unhandled error in a stream upgrade")
+                response = json_response(
+                    {"error": {"code": "internal", "message": "internal error"}}, 500
+                )
+                await ws.refuse(500, _closing(response.headers), await _body(response))
+
+
+async def _no_such_stream(ws: StreamSocket, params: dict[str, str]) -> None:
+    raise NotFound(f"no such endpoint: GET {ws.path}")
+
+
+def _closing(headers: Headers) -> Headers:
+    """A refused upgrade closes its connection (hypercorn would otherwise keep a connection whose
+    upgrade it refused, and trip over the next request)."""
+    headers["Connection"] = "close"
+    return headers
+
+
+async def _body(response: Any) -> bytes:
+    data: bytes = await response.get_data(as_text=False)
+    return data
