@@ -21,10 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.typing import ASGIFramework
 
 from broker.config import BrokerConfig, load_or_create_admin_token, load_or_create_instance_id
 from broker.http import create_asgi, streams
@@ -139,7 +141,8 @@ async def serve(
         hc.graceful_timeout = config.graceful_timeout_s
         hc.accesslog = None
         hc.errorlog = "-"
-        app = create_asgi(broker)
+        # the router types ASGI messages as plain dicts; hypercorn's TypedDicts are the same
+        app = cast(ASGIFramework, create_asgi(broker))
         async with trio.open_nursery() as nursery:
             await nursery.start(broker.run)
 
