@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Final
 
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
@@ -58,8 +60,31 @@ class DeliveryOut(msgspec.Struct, kw_only=True):
     envelope: msgspec.Raw
 
 
+#: Below this (2^33 s, in 2242) ``ms / 1000`` is within half a microsecond of the exact time,
+#: so :func:`_iso_ms_datetime` shows exactly the milliseconds of ``ms`` and the cached seconds of
+#: :func:`iso_ms` give the same text. Above it the float can be off by one ms, and only the
+#: datetime path reproduces that (a property test holds the two equal).
+_FAST_MS_LIMIT: Final = (1 << 33) * 1000
+#: "YYYY-MM-DDTHH:MM:SS" by epoch second: one poll's or one batch's times share a few seconds.
+#: Bounded: cleared when full.
+_SECONDS: dict[int, str] = {}
+_CACHE_MAX: Final = 4096
+
+
 def iso_ms(ms: int) -> str:
     """An xs:dateTime in UTC with millisecond precision."""
+    if 0 <= ms < _FAST_MS_LIMIT:
+        second, milli = divmod(ms, 1000)
+        head = _SECONDS.get(second)
+        if head is None:
+            if len(_SECONDS) >= _CACHE_MAX:
+                _SECONDS.clear()
+            head = _SECONDS[second] = datetime.fromtimestamp(second, UTC).isoformat()[:19]
+        return f"{head}.{milli:03d}Z"
+    return _iso_ms_datetime(ms)
+
+
+def _iso_ms_datetime(ms: int) -> str:
     return (
         datetime.fromtimestamp(ms / 1000, UTC)
         .isoformat(timespec="milliseconds")
@@ -147,60 +172,86 @@ class _Route(Struct, omit_defaults=True):
     LeveranceruteLokalUdvidelse: Raw
 
 
+@lru_cache(maxsize=64)
+def _fordeling_json(instance_id: str) -> Raw:
+    return Raw(_encoder.encode(UnikId(UUIDIdentifikator=instance_id)))
+
+
+#: Encoded Tidspunkt by ms, and encoded TilladtModtager lists: shared by every poll, since a
+#: receiver's list (its authorities, up to the 98 municipalities) and a batch's receive time
+#: recur across polls. Bounded: cleared when full.
+_TIMES: dict[int, Raw] = {}
+_TILLADT: dict[tuple[str, ...], Raw | UnsetType] = {}
+
+
+def _time_json(ms: int) -> Raw:
+    raw = _TIMES.get(ms)
+    if raw is None:
+        if len(_TIMES) >= _CACHE_MAX:
+            _TIMES.clear()
+        raw = _TIMES[ms] = Raw(_encoder.encode(Tidspunkt(TidsstempelDatoTid=iso_ms(ms))))
+    return raw
+
+
+def _tilladt_json(cvrs: tuple[str, ...]) -> Raw | UnsetType:
+    raw = _TILLADT.get(cvrs)
+    if raw is None:
+        if len(_TILLADT) >= _CACHE_MAX:
+            _TILLADT.clear()
+        # an empty list is omitted, as the model's default would be
+        raw = _TILLADT[cvrs] = (
+            Raw(_encoder.encode([UnikId(URNIdentifikator=c) for c in cvrs])) if cvrs else UNSET
+        )
+    return raw
+
+
 class Renderer:
     """Renders many deliveries at one delivery time (one poll, one consume batch): the parts
-    every route of the batch shares are encoded once."""
+    every route of the batch shares are encoded once, and so is each distinct route (a poll's
+    deliveries mostly come from a few publish batches: same receive time, sender, subscription
+    and attempt)."""
 
     def __init__(self, *, instance_id: str, now_ms: int) -> None:
-        self._fordeling = Raw(_encoder.encode(UnikId(UUIDIdentifikator=instance_id)))
-        self._delivered = Raw(_encoder.encode(Tidspunkt(TidsstempelDatoTid=iso_ms(now_ms))))
-        self._received: dict[int, Raw] = {}
-        self._tilladt: dict[tuple[str, ...], Raw | UnsetType] = {}
+        self._fordeling = _fordeling_json(instance_id)
+        self._delivered = _time_json(now_ms)
+        self._routes: dict[tuple[int, bytes | None, str, int], Raw] = {}
 
     def render(self, delivery: Delivery) -> bytes:
         """Canonical JSON of the delivered envelope (byte-identical to :func:`with_route`)."""
         besked = _view.decode(delivery.body)
         filt = besked.Beskedkuvert.Filtreringsdata
         if delivery.tilladt_modtager is not None:
-            filt.TilladtModtager = self._tilladt_json(delivery.tilladt_modtager)
+            filt.TilladtModtager = _tilladt_json(delivery.tilladt_modtager)
         li = besked.Beskedkuvert.Leveranceinformation
-        route = _Route(
-            Fordelingssystem=self._fordeling,
-            ModtagelsesTidspunkt=self._received_json(delivery.received_ms),
-            LeveranceTidspunkt=self._delivered,
-            ModtagetFraSystem=li.Kildesystem,
-            ErLeveretIHenholdTil=Raw(
-                b'{"UUIDIdentifikator":%s}' % _encoder.encode(delivery.subscription_id)
-            ),
-            LeveranceruteLokalUdvidelse=Raw(
-                b'{"AntalLeveranceforsoeg":%d}' % max(delivery.attempt, 1)
-            ),
-        )
+        route = self._route(delivery, li.Kildesystem)
         if li.Leveranceruter is UNSET:
-            li.Leveranceruter = _Ruter([Raw(_encoder.encode(route))])
+            li.Leveranceruter = _Ruter([route])
         else:
-            li.Leveranceruter.Leverancerute.append(Raw(_encoder.encode(route)))
+            li.Leveranceruter.Leverancerute.append(route)
         return _encoder.encode(besked)
 
-    def _received_json(self, ms: int) -> Raw:
-        raw = self._received.get(ms)
+    def _route(self, delivery: Delivery, source: Raw | UnsetType) -> Raw:
+        """This delivery's Leverancerute, encoded."""
+        attempt = max(delivery.attempt, 1)
+        key = (
+            delivery.received_ms,
+            None if source is UNSET else bytes(source),
+            delivery.subscription_id,
+            attempt,
+        )
+        raw = self._routes.get(key)
         if raw is None:
-            if len(self._received) > 4096:  # bounded: one poll sees few distinct times
-                self._received.clear()
-            raw = self._received[ms] = Raw(
-                _encoder.encode(Tidspunkt(TidsstempelDatoTid=iso_ms(ms)))
+            route = _Route(
+                Fordelingssystem=self._fordeling,
+                ModtagelsesTidspunkt=_time_json(delivery.received_ms),
+                LeveranceTidspunkt=self._delivered,
+                ModtagetFraSystem=source,
+                ErLeveretIHenholdTil=Raw(
+                    b'{"UUIDIdentifikator":%s}' % _encoder.encode(delivery.subscription_id)
+                ),
+                LeveranceruteLokalUdvidelse=Raw(b'{"AntalLeveranceforsoeg":%d}' % attempt),
             )
-        return raw
-
-    def _tilladt_json(self, cvrs: tuple[str, ...]) -> Raw | UnsetType:
-        raw = self._tilladt.get(cvrs)
-        if raw is None:
-            if len(self._tilladt) > 4096:
-                self._tilladt.clear()
-            # an empty list is omitted, as the model's default would be
-            raw = self._tilladt[cvrs] = (
-                Raw(_encoder.encode([UnikId(URNIdentifikator=c) for c in cvrs])) if cvrs else UNSET
-            )
+            raw = self._routes[key] = Raw(_encoder.encode(route))
         return raw
 
 

@@ -348,23 +348,28 @@ def uid_value(value: UnikIdIn | None) -> str | None:
     return value.value
 
 
-#: Keys of UUID-shaped ids seen lately: message types, actions and classifications repeat in
-#: every envelope, so the regex runs once per distinct id. Bounded: cleared when full (unique
-#: BeskedIds pass through it too, and the vocabulary refills it at once).
+#: Keys of UUID-shaped ids with upper-case letters seen lately: message types, actions and
+#: classifications repeat in every envelope, so the regex runs once per distinct id. Bounded:
+#: cleared when full (upper-case BeskedIds pass through it too, and the vocabulary refills it).
 _UUID_KEYS: dict[str, str] = {}
 _UUID_KEYS_MAX = 65_536
 
 
 def uid_key(value: UnikIdIn | None) -> str | None:
     """A comparison key for an identifier: UUIDs are case-insensitive, so they are lowered."""
-    text = uid_value(value)
-    if text is None:
+    if value is None:
         return None
+    text = value if isinstance(value, str) else value.value
     if len(text) != 36 or text[8] != "-":  # cheap shape test: this is the hot path
+        return text
+    lower = text.lower()
+    if lower == text:
+        # nothing to lower (ids mostly arrive lower-case), UUID or not: skips the regex and
+        # keeps unique ids (BeskedIds) out of the cache
         return text
     key = _UUID_KEYS.get(text)
     if key is None:
-        key = text.lower() if _UUID_RE.match(text) else text
+        key = lower if _UUID_RE.match(text) else text
         if len(_UUID_KEYS) >= _UUID_KEYS_MAX:
             _UUID_KEYS.clear()
         _UUID_KEYS[text] = key

@@ -11,6 +11,7 @@ one writer job, committed with its audit events in one group commit.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -48,6 +49,13 @@ def new_uuid() -> str:
     """A random (version 4) UUID as text; several times cheaper than ``str(uuid.uuid4())``."""
     h = os.urandom(16).hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _source_id(system_id: str) -> UnikId:
+    """The Kildesystem of a sender's envelopes: UnikIds are frozen, so one serves them all (and
+    its construction, with its id check, runs once per sender, not per envelope)."""
+    return UnikId(UUIDIdentifikator=system_id)
 
 
 __all__ = ["Publishing"]
@@ -104,7 +112,7 @@ class Publishing:
         tid = new_uuid()
         li = besked.Beskedkuvert.Leveranceinformation
         li.TransaktionsId = UnikId(UUIDIdentifikator=tid)
-        li.Kildesystem = UnikId(UUIDIdentifikator=sender.id)
+        li.Kildesystem = _source_id(sender.id)
         if ip:
             li.KildesystemIPAdresse = ip
         return Publish(
@@ -126,22 +134,18 @@ class Publishing:
     ) -> tuple[Route, ...]:
         """Matching subscriptions, kept only where the receiver's agreements admit the envelope,
         each with the TilladtModtager rewritten for that receiver."""
-        routes = [
-            Route(mb, sub) for mb, sub in self.routing.match(besked, self.registry.value_lists)
-        ]
-        if facts is None or not routes:
-            return tuple(routes)
+        matched = self.routing.match(besked, self.registry.value_lists)
+        if facts is None:
+            return tuple([Route(mb, sub) for mb, sub in matched])
         memo = {} if memo is None else memo
         out = []
-        for route in routes:
-            owner = self._owner(route.mailbox_id)
+        for mailbox_id, subscription_id in matched:
+            owner = self._owner(mailbox_id)
             decision = memo.get((owner, facts))
             if decision is None:
                 decision = memo[owner, facts] = self.registry.receive.decide(owner, facts, now_ms)
             if decision.admitted:
-                out.append(
-                    Route(route.mailbox_id, route.subscription_id, decision.tilladt_modtager)
-                )
+                out.append(Route(mailbox_id, subscription_id, decision.tilladt_modtager))
         return tuple(out)
 
     def _owner(self, mailbox_id: str) -> str:

@@ -183,3 +183,26 @@ def test_identifier_fast_path_agrees_with_the_rule(text: str) -> None:
 
     if text:
         assert _id_ok(text) == (_ID_RE.match(text) is not None)
+
+
+def _uid_key_reference(text: str) -> str:
+    """uid_key's rule, stated plainly: a UUID in any case is lowered, anything else kept."""
+    import re
+
+    uuid = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    return text.lower() if re.fullmatch(uuid, text) else text
+
+
+_UUIDISH = st.from_regex(
+    r"[0-9a-fA-FgGİK]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-FßΣ]{12}",
+    fullmatch=True,
+)
+
+
+@given(st.text(max_size=40) | _UUIDISH)
+def test_uid_key_lowers_exactly_the_uuids(text: str) -> None:
+    from broker.envelope import UnikId, uid_key
+
+    assert uid_key(text) == _uid_key_reference(text)
+    if text and text == text.strip() and text.isprintable():
+        assert uid_key(UnikId(UUIDIdentifikator=text)) == _uid_key_reference(text)
