@@ -261,7 +261,9 @@ def delivery_id(seq: int, attempt: int) -> str:
 def parse_delivery_id(text: str) -> tuple[int, int] | None:
     """``"<seq>-<attempt>"`` -> (seq, attempt), or None when it is not of that form."""
     seq, sep, attempt = text.partition("-")
-    if not sep or not seq.isdigit() or not attempt.isdigit() or len(text) > 40:
+    # ASCII digits only: str.isdigit() admits "²" (which int() refuses) and int() reads other
+    # scripts' digits ("٣"), which would make a second spelling of the same id
+    if not sep or len(text) > 40 or not text.isascii() or not (seq.isdigit() and attempt.isdigit()):
         return None
     return int(seq), int(attempt)
 

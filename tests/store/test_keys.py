@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+import struct
+from binascii import unhexlify
 from collections.abc import Callable
 
 import pytest
@@ -11,7 +15,7 @@ from hypothesis import strategies as st
 from broker.errors import StoreError
 from store import keys as k
 from store import values as v
-from store.base import MailboxRecord
+from store.base import MailboxRecord, delivery_id, parse_delivery_id
 
 u32 = st.integers(0, (1 << 32) - 1)
 u64 = st.integers(0, (1 << 64) - 1)
@@ -137,3 +141,96 @@ def test_other_keys() -> None:
     assert v.decode_doc(v.encode_doc(b"x")) == b"x"
     with pytest.raises(StoreError, match="value version 2"):
         v.decode_doc(b"\x02x")
+
+
+# ----------------------------------------------------------------------------- fast codecs
+# The hot-path codecs check UUID text with byte operations; these references are the regular
+# expressions they replaced, and the fast ones must agree with them on every input.
+
+_UUID_RE = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_UUID_TEXT_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
+def _reference_dedup_hash(key: bytes) -> bytes:
+    key = k.normalize_dedup_key(key)
+    if len(key) >= 37 and key[-37] == 0 and _UUID_RE.match(key, len(key) - 36):
+        prefix = hashlib.blake2b(key[:-37], digest_size=8).digest()
+        return prefix + unhexlify(key[-36:].replace(b"-", b""))
+    return hashlib.blake2b(key, digest_size=16).digest()
+
+
+def _reference_encode_dedup(transaction_id: str, mailboxes: int, expires_ms: int) -> bytes:
+    if len(transaction_id) == 36 and _UUID_TEXT_RE.match(transaction_id):
+        head = struct.pack(">BQI", k.DEDUP_UUID, expires_ms, mailboxes)
+        return head + bytes.fromhex(transaction_id.replace("-", ""))
+    return struct.pack(">BQI", k.DEDUP_TEXT, expires_ms, mailboxes) + transaction_id.encode()
+
+
+# near-UUID text: hex of both cases, stray dashes, other letters, digits only, other lengths
+_near_uuid = st.one_of(
+    st.uuids().map(lambda u: str(u).encode()),
+    st.uuids().map(lambda u: str(u).upper().encode()),
+    st.text("0123456789abcdefABCDEFg- \n", min_size=34, max_size=38).map(str.encode),
+    st.text("0123456789", min_size=32, max_size=32).map(
+        lambda d: f"{d[:8]}-{d[8:12]}-{d[12:16]}-{d[16:20]}-{d[20:]}".encode()
+    ),
+    st.binary(min_size=36, max_size=36),
+)
+
+
+@given(_near_uuid)
+def test_uuid_bytes_matches_the_regex(text: bytes) -> None:
+    expected = unhexlify(text.replace(b"-", b"")) if _UUID_RE.match(text) else None
+    assert k.uuid_bytes(text) == expected
+
+
+@given(st.binary(max_size=8), _near_uuid, st.sampled_from([b"\x00", b"\x01", b""]))
+def test_dedup_hash_matches_the_reference(prefix: bytes, tail: bytes, sep: bytes) -> None:
+    key = prefix + sep + tail
+    assert k.dedup_hash(key) == _reference_dedup_hash(key)
+    long = prefix * 40 + b"\x00" + tail
+    assert k.dedup_hash(long) == _reference_dedup_hash(long)
+
+
+@given(
+    st.one_of(_near_uuid.map(lambda b: b.decode("latin-1")), st.text(max_size=40)),
+    st.integers(0, (1 << 32) - 1),
+    u64,
+)
+def test_encode_dedup_matches_the_reference(text: str, mailboxes: int, expires: int) -> None:
+    assert v.encode_dedup(text, mailboxes, expires) == _reference_encode_dedup(
+        text, mailboxes, expires
+    )
+    assert v.decode_dedup(v.encode_dedup(text, mailboxes, expires)) == v.DedupValue(
+        text, mailboxes, expires
+    )
+
+
+@given(st.lists(st.tuples(u32, u64), max_size=20), u64)
+def test_batch_key_helpers(pairs: list[tuple[int, int]], ms: int) -> None:
+    keys = [k.delivery_key(num, seq) for num, seq in pairs]
+    assert k.delivery_seqs(keys) == [seq for _, seq in pairs]
+    assert k.seq_keys(keys) == [k.seq_key(seq) for _, seq in pairs]
+    assert [k.time_prefix(ms) + key for key in keys] == [
+        k.time_key(ms, num, seq) for num, seq in pairs
+    ]
+
+
+@given(st.lists(st.tuples(st.integers(0, k.DEDUP_GEN_MS * 9), st.binary(max_size=30)), max_size=9))
+def test_received_times(bodies: list[tuple[int, bytes]]) -> None:
+    raws = [v.encode_body(ms, body) for ms, body in bodies]
+    assert v.received_times(raws) == [ms for ms, _ in bodies]
+    assert [raw[v.BODY_OFFSET :] for raw in raws] == [body for _, body in bodies]
+    if raws:
+        with pytest.raises(StoreError, match="value version 7"):
+            v.received_times([*raws, b"\x07" + raws[0][1:]])
+
+
+@pytest.mark.parametrize("text", ["²-1", "1-²", "٣-1", "1-٣", "-1", "1-", "1", "1--1", "a-1"])
+def test_delivery_ids_are_ascii_digits_only(text: str) -> None:
+    assert parse_delivery_id(text) is None
+
+
+@given(st.integers(0, 2**63), st.integers(0, 2**31))
+def test_delivery_id_round_trip(seq: int, attempt: int) -> None:
+    assert parse_delivery_id(delivery_id(seq, attempt)) == (seq, attempt)
