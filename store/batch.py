@@ -11,25 +11,24 @@ A batch is the unit of group commit, and most of its cost is per-envelope Python
   per touched mailbox in :meth:`Batch.finish`;
 * the sequence and mailbox number allocators, read from and written back to ``meta`` inside
   the transaction (never kept in process memory, so processes can share one environment);
-* a publish buffer: runs of consecutive :class:`Publish` ops collect their bodies, reference
-  counts, ready records and dedup records in lists that :meth:`Batch.flush` writes with one
-  ``put_many`` per database (bodies and refs appended, seqs being monotonic). Every other op
-  flushes first, so it sees everything the ops before it wrote;
-* the dedup records a run of publishes may hit, read with ONE ``get_many`` before the run
-  (:meth:`Batch.prefetch_dedup`: every dedup hash of the run in every live generation).
+* a publish buffer: runs of consecutive :class:`Publish` ops (``store.publish``) collect their
+  bodies, reference counts, ready records and dedup records in lists that :meth:`Batch.flush`
+  writes with one ``put_many`` per database (bodies and refs appended, seqs being monotonic).
+  Every other op flushes first, so it sees everything the ops before it wrote.
 
 Nothing here outlives the transaction: when ``apply`` raises, the batch is dropped with it.
 """
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Final
 
 from broker.errors import NotFound, StoreError
 
 from . import keys as k
 from . import values as v
-from .base import MailboxRecord, Route
+from .base import MailboxRecord
 from .keys import Db
 from .kv import KvWriter
 
@@ -56,7 +55,8 @@ class Batch:
         self.now = now_ms
         #: ids of mailboxes that gained ready deliveries (ApplyOutcome.ready)
         self.ready: set[str] = set()
-        self._by_id: dict[str, MailboxRecord | None] = {}
+        #: mailbox id -> record (None: no such mailbox), read through :meth:`mailbox`
+        self.mailbox_cache: dict[str, MailboxRecord | None] = {}
         self._by_num: dict[int, MailboxRecord | None] = {}
         self._counters: dict[int, list[int]] = {}
         self._next_seq: int | None = None
@@ -65,30 +65,29 @@ class Batch:
         self._next_mailbox_read = 0
         self._next_audit: int | None = None
         self._next_audit_read = 0
-        # the publish buffer
-        self._bodies: list[tuple[bytes, bytes]] = []
-        self._refs: list[tuple[bytes, bytes]] = []
-        self._ready_items: list[tuple[bytes, bytes]] = []
+        # the publish buffer, filled by store.publish (public for its loop's sake)
+        self.body_buffer: list[tuple[bytes, bytes]] = []
+        self.ref_buffer: list[tuple[bytes, bytes]] = []
+        self.ready_buffer: list[tuple[bytes, bytes]] = []
         #: dedup hash -> (key, encoded record), buffered by this run of publishes
-        self._dedup: dict[bytes, tuple[bytes, bytes]] = {}
-        #: dedup hash -> (key, stored record), prefetched for this run of publishes (found ones)
-        self._dedup_known: dict[bytes, tuple[bytes, bytes]] = {}
-        self._gen_prefixes: dict[int, bytes] = {}
-        self._ready_values: dict[tuple[str, tuple[str, ...] | None], bytes] = {}
-        self._heads: dict[int, bytes] = {}
-        self._gained: dict[int, int] = {}  # buffered ready deliveries per mailbox num
+        self.dedup_buffer: dict[bytes, tuple[bytes, bytes]] = {}
+        self.gained: dict[int, int] = {}  # buffered ready deliveries per mailbox num
+        # encodings shared by many envelopes of a batch
+        self.gen_prefixes: dict[int, bytes] = {}  # dedup expiry -> generation key prefix
+        self.ready_values: dict[tuple[str, tuple[str, ...] | None], bytes] = {}
+        self.body_heads: dict[int, bytes] = {}  # received_ms -> body header
 
     # ------------------------------------------------------------------------- mailboxes
 
     def mailbox(self, mailbox_id: str) -> MailboxRecord | None:
         try:
-            return self._by_id[mailbox_id]
+            return self.mailbox_cache[mailbox_id]
         except KeyError:
             pass
         key = lookup_key(mailbox_id)
         raw = None if key is None else self.txn.get(Db.MAILBOXES, key)
         record = None if raw is None else v.decode_record(raw, MailboxRecord)
-        self._by_id[mailbox_id] = record
+        self.mailbox_cache[mailbox_id] = record
         if record is not None:
             self._by_num[record.num] = record
         return record
@@ -110,12 +109,12 @@ class Batch:
         return record
 
     def remember_mailbox(self, record: MailboxRecord) -> None:
-        self._by_id[record.id] = record
+        self.mailbox_cache[record.id] = record
         self._by_num[record.num] = record
         self._counters[record.num] = [0, 0, 0, 0]
 
     def forget_mailbox(self, record: MailboxRecord) -> None:
-        self._by_id[record.id] = None
+        self.mailbox_cache[record.id] = None
         self._by_num[record.num] = None
         self._counters.pop(record.num, None)
         self.txn.delete(Db.COUNTERS, k.num_key(record.num))
@@ -131,14 +130,6 @@ class Batch:
         return counts
 
     # ------------------------------------------------------------------------- allocators
-
-    def alloc_seq(self) -> int:
-        seq = self._next_seq
-        if seq is None:
-            raw = self.txn.get(Db.META, k.META_NEXT_SEQ)
-            seq = self._next_seq_read = 1 if raw is None else v.decode_int(raw)
-        self._next_seq = seq + 1
-        return seq
 
     def alloc_mailbox_num(self) -> int:
         num = self._next_mailbox
@@ -175,95 +166,42 @@ class Batch:
 
     # ------------------------------------------------------------------------- publish buffer
 
-    def live_gens(self) -> list[int]:
-        """The stored dedup generations that can hold a live record (gen >= gen(now))."""
-        gens = []
-        start = k.dedup_key_of(k.dedup_gen(self.now), b"")
-        while (found := self.txn.first(Db.DEDUP_GENS, start)) is not None:
-            gen = int.from_bytes(found[0][:4], "big")
-            gens.append(gen)
-            start = k.dedup_key_of(gen + 1, b"")
-        return gens
+    def peek_seq(self) -> int:
+        """The next seq to hand out, without taking it (see :meth:`used_seqs`)."""
+        seq = self._next_seq
+        if seq is None:
+            raw = self.txn.get(Db.META, k.META_NEXT_SEQ)
+            seq = self._next_seq = self._next_seq_read = 1 if raw is None else v.decode_int(raw)
+        return seq
 
-    def prefetch_dedup(self, digests: set[bytes]) -> None:
-        """Read the stored records of these dedup ids in ONE ``get_many`` of sorted keys: each id
-        in each live generation (a live record of an id is in at most one of them)."""
-        known: dict[bytes, tuple[bytes, bytes]] = {}
-        self._dedup_known = known
-        if not digests:
-            return
-        prefixes = [k.dedup_key_of(gen, b"") for gen in self.live_gens()]
-        if prefixes:
-            probes = sorted([prefix + digest for prefix in prefixes for digest in digests])
-            for key, raw in self.txn.get_found(Db.DEDUP_GENS, probes):
-                known[key[4:]] = (key, raw)
-
-    def dedup_record(self, digest: bytes) -> tuple[bytes, bytes] | None:
-        """(key, encoded record) of a dedup id: buffered in this run, or stored (prefetched)."""
-        return self._dedup.get(digest) or self._dedup_known.get(digest)
-
-    def dedup_prefix(self, expires_ms: int) -> bytes:
-        """The key prefix (generation) of a dedup record expiring at ``expires_ms``."""
-        prefix = self._gen_prefixes.get(expires_ms)
-        if prefix is None:
-            prefix = self._gen_prefixes[expires_ms] = k.dedup_key_of(k.dedup_gen(expires_ms), b"")
-        return prefix
-
-    def add_dedup(self, digest: bytes, key: bytes, record: bytes) -> None:
-        """Buffer the dedup record of an id that has no live one; a stored (expired) record of
-        the id is overwritten at flush when under the same key, else deleted now."""
-        stored = self._dedup_known.get(digest)
-        if stored is not None and stored[0] != key:
-            self.txn.delete(Db.DEDUP_GENS, stored[0])
-            del self._dedup_known[digest]
-        self._dedup[digest] = (key, record)
-
-    def add_message(
-        self, received_ms: int, body: bytes, targets: list[tuple[MailboxRecord, Route]]
-    ) -> None:
-        """Buffer one stored body plus a ready delivery for each (distinct) target mailbox."""
-        seq = self.alloc_seq()
-        key = k.seq_key(seq)
-        head = self._heads.get(received_ms)
-        if head is None:
-            head = self._heads[received_ms] = v.body_header(received_ms)
-        self._bodies.append((key, head + body))
-        self._refs.append((key, v.encode_ref(len(targets))))
-        values = self._ready_values
-        items = self._ready_items
-        gained = self._gained
-        for mailbox, route in targets:
-            cache_key = (route.subscription_id, route.tilladt_modtager)
-            value = values.get(cache_key)
-            if value is None:
-                value = v.delivery_value(0, route.subscription_id, route.tilladt_modtager)
-                values[cache_key] = value
-            num = mailbox.num
-            items.append((k.delivery_key(num, seq), value))
-            count = gained.get(num)
-            gained[num] = 1 if count is None else count + 1
+    def used_seqs(self, next_seq: int) -> None:
+        """The seqs from :meth:`peek_seq` up to ``next_seq`` (exclusive) were taken."""
+        self._next_seq = next_seq
 
     def flush(self) -> None:
         """Write the publish buffer (one put_many per database)."""
         txn = self.txn
-        if self._bodies:
-            txn.put_many(Db.BODIES, self._bodies, append=True)
-            txn.put_many(Db.REFS, self._refs, append=True)
-            self._ready_items.sort()
-            txn.put_many(Db.READY, self._ready_items)
-            for num, count in self._gained.items():
+        if self.body_buffer:
+            txn.put_many(Db.BODIES, self.body_buffer, append=True)
+            txn.put_many(Db.REFS, self.ref_buffer, append=True)
+            items = self.ready_buffer
+            if len(self.gained) > 1:  # one mailbox's items are in seq order already
+                items.sort()
+            txn.put_sorted(Db.READY, items)  # appends when no later mailbox has ready ones
+            for num, count in self.gained.items():
                 self.counters(num)[READY] += count
                 mailbox = self._by_num[num]
                 assert mailbox is not None
                 self.ready.add(mailbox.id)
-            self._bodies = []
-            self._refs = []
-            self._ready_items = []
-            self._gained = {}
-        if self._dedup:
-            txn.put_sorted(Db.DEDUP_GENS, sorted(self._dedup.values()))  # appends if in order
-            self._dedup = {}
-        self._dedup_known = {}
+            self.body_buffer = []
+            self.ref_buffer = []
+            self.ready_buffer = []
+            self.gained = {}
+        if self.dedup_buffer:
+            # by key alone (keys are unique): cheaper than comparing tuples
+            records = sorted(self.dedup_buffer.values(), key=itemgetter(0))
+            txn.put_sorted(Db.DEDUP_GENS, records)  # appends if in order
+            self.dedup_buffer = {}
 
     def finish(self) -> None:
         """Flush, then write the counters and allocators this batch changed."""

@@ -16,6 +16,7 @@ Every op checks its preconditions (and raises its refusal) before it writes anyt
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from broker.errors import InvalidInput, StoreError
 
@@ -28,12 +29,8 @@ from .base import (
     Lease,
     MailboxRecord,
     Nack,
-    Publish,
-    PublishResult,
     Replay,
     RequeueDead,
-    Route,
-    delivery_id,
     parse_delivery_id,
 )
 from .batch import COPY, DEAD, IN_FLIGHT, READY, Batch
@@ -45,10 +42,9 @@ __all__ = [
     "MAX_SEQ",
     "ack",
     "body_of",
+    "check_range",
     "lease",
     "nack",
-    "prefetch",
-    "publish",
     "replay",
     "requeue_dead",
 ]
@@ -62,54 +58,11 @@ _CHUNK = 512
 MAX_MS = 1 << 48
 
 
-def _at_least(field: str, value: int, minimum: int) -> None:
+def check_range(field: str, value: int, minimum: int) -> None:
     if not minimum <= value <= MAX_MS:
         raise InvalidInput(
             f"{field} must be between {minimum} and {MAX_MS}, got {value}", path=f"$.{field}"
         )
-
-
-# ----------------------------------------------------------------------------- publish
-
-
-def prefetch(batch: Batch, run: Sequence[Publish]) -> list[bytes | None]:
-    """Before a run of publishes: their dedup hashes, and their stored records in one read."""
-    digests = [k.dedup_hash(op.dedup_key) if op.dedup_key else None for op in run]
-    batch.prefetch_dedup({digest for digest in digests if digest is not None})
-    return digests
-
-
-def publish(batch: Batch, op: Publish, digest: bytes | None) -> PublishResult:
-    """Buffer one envelope: dedup check, body once, a ready delivery per distinct mailbox.
-
-    ``digest``: the dedup id of ``op.dedup_key`` (None: no dedup), as :func:`prefetch` gave it
-    after reading the stored records of its run.
-    """
-    if not (0 <= op.received_ms <= MAX_MS and 0 <= op.dedup_window_ms <= MAX_MS):
-        _at_least("received_ms", op.received_ms, 0)
-        _at_least("dedup_window_ms", op.dedup_window_ms, 0)
-    if digest is not None:
-        prior = batch.dedup_record(digest)
-        if prior is not None and v.dedup_expires(prior[1]) > batch.now:
-            record = v.decode_dedup(prior[1])
-            return PublishResult(
-                transaction_id=record.transaction_id, mailboxes=record.mailboxes, duplicate=True
-            )
-    targets: list[tuple[MailboxRecord, Route]] = []
-    seen: set[int] = set()
-    for route in op.routes:
-        mailbox = batch.mailbox(route.mailbox_id)
-        if mailbox is not None and mailbox.num not in seen:
-            seen.add(mailbox.num)
-            targets.append((mailbox, route))
-    # writes from here on
-    if targets:
-        batch.add_message(op.received_ms, op.body, targets)
-    if digest is not None:
-        expires = op.received_ms + op.dedup_window_ms
-        key = batch.dedup_prefix(expires) + digest
-        batch.add_dedup(digest, key, v.encode_dedup(op.transaction_id, len(targets), expires))
-    return PublishResult(transaction_id=op.transaction_id, mailboxes=len(targets), duplicate=False)
 
 
 # ----------------------------------------------------------------------------- lease
@@ -125,8 +78,8 @@ def body_of(txn: KvReader, seq: int) -> tuple[int, bytes]:
 def lease(batch: Batch, op: Lease) -> list[Delivery]:
     """Move up to ``max`` ready deliveries (lowest seqs first) in flight."""
     mailbox = batch.require_mailbox(op.mailbox_id)
-    _at_least("max", op.max, 1)
-    _at_least("lease_ms", op.lease_ms, 1)
+    check_range("max", op.max, 1)
+    check_range("lease_ms", op.lease_ms, 1)
     txn = batch.txn
     num = mailbox.num
     start, end = k.mailbox_range(num)
@@ -137,15 +90,23 @@ def lease(batch: Batch, op: Lease) -> list[Delivery]:
     taken = txn.take(Db.READY, start, end, op.max)
     if not taken:
         return []
+    keys = [key for key, _ in taken]
+    seqs = k.delivery_seqs(keys)
+    bodies = txn.get_many(Db.BODIES, k.seq_keys(keys))
+    if None in bodies:
+        seq = seqs[bodies.index(None)]
+        raise StoreError(f"message {seq} has a delivery record but no body")
+    stored = cast("list[bytes]", bodies)
+    received = v.received_times(stored)
+    offset = v.BODY_OFFSET
     deadline = batch.now + op.lease_ms
+    lease_prefix = k.time_prefix(deadline)
     flights: list[tuple[bytes, bytes]] = []
     leases: list[tuple[bytes, bytes]] = []
     out: list[Delivery] = []
-    # ready value -> attempt, sub, tm, flight value
+    # ready value -> attempt, sub, tm, flight value: one poll's deliveries mostly share one
     values: dict[bytes, tuple[int, str, tuple[str, ...] | None, bytes]] = {}
-    seqs = [k.parse_delivery_key(key)[1] for key, _ in taken]
-    bodies = txn.get_many(Db.BODIES, [k.seq_key(seq) for seq in seqs])
-    for (key, raw), seq, stored in zip(taken, seqs, bodies, strict=True):
+    for (key, raw), seq, body, received_ms in zip(taken, seqs, stored, received, strict=True):
         cached = values.get(raw)
         if cached is None:
             ready = v.decode_value(raw, v.ReadyValue)
@@ -154,23 +115,20 @@ def lease(batch: Batch, op: Lease) -> list[Delivery]:
             cached = values[raw] = (attempt, sub, tm, v.delivery_value(attempt, sub, deadline, tm))
         attempt, subscription_id, tm, value = cached
         flights.append((key, value))
-        leases.append((k.time_key(deadline, num, seq), b""))
-        if stored is None:
-            raise StoreError(f"message {seq} has a delivery record but no body")
-        received_ms, body = v.decode_body(stored)
+        leases.append((lease_prefix + key, b""))
         out.append(
             Delivery(
-                delivery_id=delivery_id(seq, attempt),
+                delivery_id=f"{seq}-{attempt}",  # delivery_id(seq, attempt), without the call
                 seq=seq,
                 attempt=attempt,
                 subscription_id=subscription_id,
                 received_ms=received_ms,
-                body=body,
+                body=body[offset:],
                 leased_until_ms=deadline,
                 tilladt_modtager=tm,
             )
         )
-    txn.put_many(Db.IN_FLIGHT, flights)
+    txn.put_sorted(Db.IN_FLIGHT, flights)  # appends when no later mailbox has some in flight
     txn.put_sorted(Db.LEASE_EXPIRY, leases)
     counts = batch.counters(num)
     counts[READY] -= len(out)
@@ -213,10 +171,19 @@ def _settle(
         else:
             taken.add(key)
             out.append((key, p[0], flight))
-    txn.delete_many(Db.IN_FLIGHT, [key for key, _, _ in out])
-    txn.delete_many(
-        Db.LEASE_EXPIRY, [k.time_key(flight.deadline_ms, num, seq) for _, seq, flight in out]
-    )
+    keys = sorted([key for key, _, _ in out])  # deletes are cheapest in key order
+    txn.delete_many(Db.IN_FLIGHT, keys)
+    # the deliveries of one lease share a deadline: one prefix each (time_prefix + key)
+    prefixes: dict[int, bytes] = {}
+    index = []
+    for key, _, flight in out:
+        prefix = prefixes.get(flight.deadline_ms)
+        if prefix is None:
+            prefix = prefixes[flight.deadline_ms] = k.time_prefix(flight.deadline_ms)
+        index.append(prefix + key)
+    if len(prefixes) > 1:
+        index.sort()
+    txn.delete_many(Db.LEASE_EXPIRY, index)
     batch.counters(num)[IN_FLIGHT] -= len(out)
     return out
 
@@ -233,23 +200,20 @@ def ack(batch: Batch, op: Ack) -> AckResult:
     if settled:
         expires = _retention_end(batch, mailbox)
         copies = []
-        index = []
-        values: dict[tuple[int, str, tuple[str, ...] | None], bytes] = {}
+        # one flight value (decoded once by _settle) per lease: one copy value each
+        values: dict[int, bytes] = {}
         now = batch.now
-        num = mailbox.num
-        time_key = k.time_key
-        for key, seq, flight in settled:
-            cache_key = (flight.attempt, flight.subscription_id, flight.tm)
-            value = values.get(cache_key)
+        for key, _, flight in settled:
+            value = values.get(id(flight))
             if value is None:
-                value = values[cache_key] = v.delivery_value(
+                value = values[id(flight)] = v.delivery_value(
                     now, flight.attempt, flight.subscription_id, expires, flight.tm
                 )
             copies.append((key, value))
-            index.append((time_key(expires, num, seq), b""))
         copies.sort()
-        index.sort()
-        batch.txn.put_many(Db.COPY, copies)
+        prefix = k.time_prefix(expires)  # time_key(expires, num, seq) of each
+        index = [(prefix + key, b"") for key, _ in copies]
+        batch.txn.put_sorted(Db.COPY, copies)  # appends when no later mailbox has copies
         batch.txn.put_sorted(Db.COPY_EXPIRY, index)
         batch.counters(mailbox.num)[COPY] += len(settled)
         head_freed(batch, mailbox)
@@ -321,7 +285,7 @@ def nack(batch: Batch, op: Nack) -> AckResult:
 def requeue_dead(batch: Batch, op: RequeueDead) -> int:
     """Dead letters (all, or the named ones) back to ready with attempt 0."""
     mailbox = batch.require_mailbox(op.mailbox_id)
-    _at_least("limit", op.limit, 1)
+    check_range("limit", op.limit, 1)
     txn = batch.txn
     num = mailbox.num
     count = 0
@@ -357,7 +321,7 @@ def requeue_dead(batch: Batch, op: RequeueDead) -> int:
 def replay(batch: Batch, op: Replay) -> int:
     """Copies of messages received at or after ``since_ms`` back to ready, oldest first."""
     mailbox = batch.require_mailbox(op.mailbox_id)
-    _at_least("limit", op.limit, 1)
+    check_range("limit", op.limit, 1)
     txn = batch.txn
     num = mailbox.num
     start, end = k.mailbox_range(num)

@@ -154,8 +154,11 @@ def append_audit(batch: Batch, op: AppendAudit) -> int:
         return 0
     first = batch.alloc_audit(len(op.events))
     now = batch.now
+    audit_key = k.audit_key
+    encode = v.encode_doc
     items = [
-        (k.audit_key(now, first + i), v.encode_doc(event)) for i, event in enumerate(op.events)
+        (audit_key(now, counter), encode(event))
+        for counter, event in zip(range(first, first + len(op.events)), op.events, strict=True)
     ]
     batch.txn.put_sorted(Db.AUDIT, items)
     return len(items)

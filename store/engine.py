@@ -8,8 +8,8 @@ same logic and the same encodings. :meth:`KvStore.apply` opens one write transac
 in a :class:`~store.batch.Batch` and dispatches each op with ``match``. An op refused with a
 :class:`~broker.errors.BrokerError` becomes that op's result (ops check before they write, so a
 refusal leaves nothing behind); anything else aborts the whole transaction and comes out as
-:class:`~broker.errors.StoreError`. Before each run of consecutive publishes, the dedup records
-the run can hit are read in one go (``deliveries.prefetch``).
+:class:`~broker.errors.StoreError`. A run of consecutive publishes is handed to
+``store.publish`` in one call (it reads the dedup records the run can hit in one go).
 
 Opening a format-1 environment upgrades it to the current format in one write transaction
 (:func:`upgrade_format_1`); older code then refuses the environment by its format marker.
@@ -22,7 +22,7 @@ from typing import cast
 
 from broker.errors import BrokerError, InvalidInput, StoreError
 
-from . import deliveries, directory, documents, queries, retention
+from . import deliveries, directory, documents, publish, queries, retention
 from . import keys as k
 from . import values as v
 from .base import (
@@ -87,9 +87,11 @@ def upgrade_format_1(txn: KvWriter) -> int:
 
 def _dispatch(batch: Batch, op: Op) -> OpResult:
     match op:
-        case Publish():
-            (digest,) = deliveries.prefetch(batch, [op])
-            return deliveries.publish(batch, op, digest)
+        case Publish():  # a subclass (apply runs Publish itself in runs)
+            (result,) = publish.publish_run(batch, [op])
+            if isinstance(result, BrokerError):
+                raise result
+            return result
         case Lease():
             return deliveries.lease(batch, op)
         case Ack():
@@ -163,27 +165,27 @@ class KvStore:
             with self._kv.write() as txn:
                 batch = Batch(txn, now_ms)
                 results: list[OpResult] = []
-                digests: list[bytes | None] = []  # dedup hashes of the current publish run
-                run_start = run_end = 0
-                for i, op in enumerate(ops):
+                i, count = 0, len(ops)
+                while i < count:
+                    op = ops[i]
+                    if type(op) is Publish:  # a run of publishes: one call for all of them
+                        end = i + 1
+                        while end < count and type(ops[end]) is Publish:
+                            end += 1
+                        run = cast("Sequence[Publish]", ops[i:end])
+                        results += publish.publish_run(batch, run)
+                        i = end
+                        continue
+                    batch.flush()  # later ops must see the buffered publishes
                     result: OpResult
                     try:
-                        if type(op) is Publish:
-                            if i >= run_end:  # a run of publishes starts: prefetch its dedup
-                                run_start = run_end = i
-                                while run_end < len(ops) and type(ops[run_end]) is Publish:
-                                    run_end += 1
-                                run = cast("Sequence[Publish]", ops[run_start:run_end])
-                                digests = deliveries.prefetch(batch, run)
-                            result = deliveries.publish(batch, op, digests[i - run_start])
-                        else:
-                            batch.flush()  # later ops must see the buffered publishes
-                            result = _dispatch(batch, op)
+                        result = _dispatch(batch, op)
                     except StoreError:
                         raise
                     except BrokerError as exc:
                         result = exc
                     results.append(result)
+                    i += 1
                 batch.finish()
         except StoreError:
             raise

@@ -82,7 +82,8 @@ class KvWriter(KvReader, Protocol):
         ...
 
     def delete_many(self, db: int, keys: Iterable[bytes]) -> int:
-        """Delete keys (missing ones are ignored); how many were there."""
+        """Delete keys (missing ones are ignored); how many were there. Keys in ascending
+        order cost the least (runs of neighbours are deleted without a search)."""
         ...
 
     def take(
@@ -196,11 +197,23 @@ class _LmdbTxn:
         return deleted
 
     def delete_many(self, db: int, keys: Iterable[bytes]) -> int:
-        delete = self._txn.delete
-        handle = self._dbs[db]
+        # A cursor delete leaves the cursor on the next key: when that is the next key to
+        # delete (an acked lease is a run of neighbours), no search is needed at all. About
+        # half the cost of txn.delete per key, which searches from the root every time.
+        # The first key is always searched: where another call left the cursor is no guide.
+        cursor = self._cursor(db)
+        current = cursor.key
+        find = cursor.set_key
+        delete = cursor.delete
         count = 0
+        moved = False  # the cursor sits where our last delete left it
         for key in keys:
-            count += delete(key, db=handle)
+            if (moved and current() == key) or find(key):
+                delete()
+                count += 1
+                moved = True
+            else:
+                moved = False
         return count
 
     def take(

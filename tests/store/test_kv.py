@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from storekit import TEST_MAP_SIZE
 
 from broker.errors import StoreError
@@ -118,3 +121,32 @@ def test_add_many_get_found_and_delete_many_count(kv: KvEnv) -> None:
     with kv.read() as txn:
         assert txn.scan(0, b"\x00") == [(b"b", b"2"), (b"c", b"1")]
         assert txn.get_found(0, []) == []
+
+
+def key(n: int) -> bytes:
+    return b"%03d" % n
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    stored=st.sets(st.integers(0, 60), max_size=40),
+    deleted=st.lists(st.integers(0, 70), max_size=30),
+    in_order=st.booleans(),
+)
+def test_delete_many_matches_a_set(stored: set[int], deleted: list[int], in_order: bool) -> None:
+    """Runs of neighbours (deleted without a search), gaps, misses, repeats and any order."""
+    if in_order:
+        deleted.sort()
+    with tempfile.TemporaryDirectory() as tmp:
+        for env in (MemoryKv(NAMES), LmdbKv(tmp, NAMES, map_size=TEST_MAP_SIZE, sync=False)):
+            with env.write() as txn:
+                txn.put_many(0, [(key(n), b"v") for n in sorted(stored)], append=True)
+                txn.put(1, b"010", b"other db")
+                assert txn.delete_many(0, [key(n) for n in deleted]) == len(stored & set(deleted))
+                assert txn.delete_many(0, []) == 0
+            with env.read() as txn:
+                assert [k for k, _ in txn.scan(0, b"")] == [
+                    key(n) for n in sorted(stored - set(deleted))
+                ]
+                assert txn.get(1, b"010") == b"other db"
+            env.close()
