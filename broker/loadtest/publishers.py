@@ -26,9 +26,10 @@ import httpx
 import msgspec
 import trio
 
+from broker.loadtest.leanhttp import LeanClient, LeanResponse
 from broker.loadtest.ledger import LedgerFull
 from broker.loadtest.state import RunState
-from broker.loadtest.transport import client
+from broker.loadtest.transport import tls_context
 
 __all__ = [
     "REQUEST_TIMEOUT_S",
@@ -132,7 +133,7 @@ def confirm_results(state: RunState, ns: list[int], results: list[Result], retri
         state.t_last_confirm = now
 
 
-def _error_code(resp: httpx.Response) -> str:
+def _error_code(resp: LeanResponse) -> str:
     try:
         return _err_body.decode(resp.content).error.code
     except msgspec.DecodeError:
@@ -160,7 +161,7 @@ def take_envelopes(state: RunState, k: int, due: float, spacing: float = 0.0) ->
     return ns
 
 
-async def run_http_sender(state: RunState, index: int, http: httpx.AsyncClient) -> None:
+async def run_http_sender(state: RunState, index: int, http: LeanClient) -> None:
     """One sender until ``state.stop_sending``; ``http`` carries its token and base URL."""
     sc = state.scenario
     batch = sc.mode == "batch"
@@ -189,7 +190,7 @@ async def run_http_sender(state: RunState, index: int, http: httpx.AsyncClient) 
 
 async def _post(
     state: RunState,
-    http: httpx.AsyncClient,
+    http: LeanClient,
     path: str,
     body: bytes,
     headers: dict[str, str],
@@ -257,7 +258,7 @@ async def run_baseline(
 
     async def one() -> None:
         nonlocal done, failed
-        async with client(base_url, timeout=REQUEST_TIMEOUT_S) as http:
+        async with LeanClient(base_url, timeout=REQUEST_TIMEOUT_S, tls=tls_context()) as http:
             while True:
                 try:
                     r = await http.get("/healthz")

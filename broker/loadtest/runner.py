@@ -33,6 +33,7 @@ import trio
 from broker.loadtest.consumers import StreamReceivers
 from broker.loadtest.envelopes import EnvelopeFactory, IdScheme
 from broker.loadtest.latency import percentiles_ms
+from broker.loadtest.leanhttp import LeanClient
 from broker.loadtest.ledger import Ledger
 from broker.loadtest.progress import Display
 from broker.loadtest.provision import Provisioned, cleanup, provision
@@ -42,7 +43,7 @@ from broker.loadtest.report import build_report, host_load
 from broker.loadtest.scenario import Scenario
 from broker.loadtest.servermetrics import delta, parse_metrics
 from broker.loadtest.state import RunState, Sample
-from broker.loadtest.transport import client
+from broker.loadtest.transport import client, tls_context
 
 __all__ = ["BenchError", "run_scenario"]
 
@@ -99,7 +100,9 @@ async def _senders(state: RunState, base_url: str, tokens: tuple[str, ...]) -> N
 
                     await run_stream_sender(state, index, base_url, token)
                 else:
-                    async with client(base_url, token=token, timeout=REQUEST_TIMEOUT_S) as http:
+                    async with LeanClient(
+                        base_url, token=token, timeout=REQUEST_TIMEOUT_S, tls=tls_context()
+                    ) as http:
                         await run_http_sender(state, index, http)
             finally:
                 state.senders_alive -= 1

@@ -1,6 +1,7 @@
-"""The bench's HTTP clients: keep-alive, no proxies from the environment, one TLS context.
+"""The bench's httpx clients (set-up, metrics, polls, clean-up): keep-alive, no proxies from the
+environment, one TLS context. The senders' hot loops use :mod:`broker.loadtest.leanhttp`.
 
-Every client of a run comes from :func:`client`. ``trust_env=False`` keeps ``HTTP_PROXY`` and
+Every httpx client of a run comes from :func:`client`. ``trust_env=False`` keeps ``HTTP_PROXY`` and
 friends from sending the load anywhere but the broker. httpx builds a TLS context (loading the
 CA bundle, ~20 ms of CPU) for every client it creates, even for plain-HTTP URLs; a run creates
 one client per sender and two per mailbox, so they share one context, made once.
@@ -14,11 +15,12 @@ from typing import Any
 
 import httpx
 
-__all__ = ["client"]
+__all__ = ["client", "tls_context"]
 
 
 @cache
-def _tls() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
+    """The run's one TLS context (for https brokers), shared by every client."""
     return ssl.create_default_context()
 
 
@@ -28,5 +30,5 @@ def client(base_url: str, *, token: str | None = None, **kw: Any) -> httpx.Async
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     return httpx.AsyncClient(
-        base_url=base_url, headers=headers, verify=_tls(), trust_env=False, **kw
+        base_url=base_url, headers=headers, verify=tls_context(), trust_env=False, **kw
     )
