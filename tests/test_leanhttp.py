@@ -140,3 +140,26 @@ async def test_a_refused_connection_is_a_transport_error() -> None:
 def test_only_http_urls() -> None:
     with pytest.raises(ValueError, match="not an http"):
         LeanClient("ftp://127.0.0.1/", timeout=1)
+
+
+async def test_a_cancelled_request_leaves_no_half_used_connection() -> None:
+    opened = 0
+
+    async def slow_then_fine(stream: trio.SocketStream) -> None:
+        nonlocal opened
+        opened += 1
+        buf = bytearray()
+        first = opened == 1
+        while await read_request(stream, buf) is not None:
+            if first:
+                await trio.sleep(1)  # the client gives up before this answer
+            await stream.send_all(answer(b"ok"))
+
+    async with trio.open_nursery() as nursery:
+        url = await start(nursery, slow_then_fine)
+        async with LeanClient(url, timeout=5) as http:
+            with trio.move_on_after(0.2):
+                await http.get("/")
+            assert (await http.get("/")).content == b"ok"  # not the late first answer's
+        nursery.cancel_scope.cancel()
+    assert opened == 2

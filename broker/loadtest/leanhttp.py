@@ -103,6 +103,9 @@ class LeanClient:
         ) as exc:
             await self._drop()
             raise httpx.TransportError(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:  # cancelled mid-exchange: the connection's state is unknown
+            await self._drop()
+            raise
 
     async def _exchange(
         self, method: str, path: str, body: bytes, headers: dict[str, str] | None
