@@ -2,9 +2,12 @@
 consume``) instead of long polls, for scenarios with ``consume: stream``.
 
 Each stream grants ``poll_max`` deliveries of credit at the start. Every ``deliveries`` frame is
-booked at once (the same ledger rules as a poll answer) and acknowledged with one ``ack`` frame
-that grants as much credit again, so at most ``poll_max`` deliveries are unacknowledged per
-mailbox, with no HTTP request per batch or per ack.
+booked at once (the same ledger rules as a poll answer); its ids are acknowledged, with as much
+credit again, by an ``ack`` frame sent once :data:`ACK_EVERY` ids are pending or the oldest has
+waited :data:`ACK_LINGER_S` (as the RabbitMQ side of ``bench/compare_rabbitmq.py`` acks
+``multiple`` every 100 and every 20 ms): at a low rate each delivery comes in a frame of its own,
+and an ack frame (and its reply) per delivery would double the broker's frames. At most
+``poll_max`` deliveries are unacknowledged per mailbox, with no HTTP request per batch or ack.
 
 Stopping (:meth:`StreamReceivers.stop`): no more credit is granted; each stream waits (bounded
 by :data:`ACK_WAIT_S`) for the replies to the acks it sent, then closes. Deliveries that were
@@ -24,6 +27,9 @@ from broker.loadtest.receivers import MailboxConsumers, _Delivery, _Failed, book
 __all__ = ["StreamReceivers", "consume_url"]
 
 ACK_WAIT_S = 30.0
+#: Pending delivery ids that are acknowledged at once, and the longest an id waits for its ack.
+ACK_EVERY = 100
+ACK_LINGER_S = 0.02
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: Bytes per socket read. trio-websocket's default (4 KiB) reads a 1,000-delivery frame (~1 MB)
 #: in 256 reads, each a trip through trio and wsproto: most of the bench's own CPU.
@@ -84,30 +90,49 @@ class StreamReceivers(MailboxConsumers):
         assert isinstance(ws, tws.WebSocketConnection)
         state = self.state
         unanswered = 0  # ack frames sent without a reply yet
+        pending: list[str] = []  # booked, not yet acknowledged
+        flush_at = float("inf")  # when the oldest pending id must be acknowledged
+
+        async def flush() -> None:
+            nonlocal unanswered, flush_at
+            # stopping grants no more credit (the broker refuses a credit of 0: leave it out)
+            frame = {"ack": pending} if self._stopping else {"ack": pending, "credit": len(pending)}
+            await ws.send_message(msgspec.json.encode(frame))
+            pending.clear()
+            flush_at = float("inf")
+            unanswered += 1
+
         with trio.move_on_after(float("inf")) as deadline:
             while True:
+                if pending and (self._stopping or trio.current_time() >= flush_at):
+                    await flush()
                 if self._stopping:
                     if unanswered == 0:
                         return
                     deadline.deadline = min(deadline.deadline, trio.current_time() + ACK_WAIT_S)
-                with trio.CancelScope() as idle:
-                    if unanswered == 0:  # stop() may end this wait: nothing is left to settle
-                        self._waits.add(idle)
+                message = None
+                with trio.CancelScope(deadline=flush_at) as idle:
+                    if unanswered == 0 and not pending:  # stop() may end this wait: nothing
+                        self._waits.add(idle)  # is left to settle
                         if self._stopping:
                             return
                     try:
                         message = await ws.get_message()
                     finally:
                         self._waits.discard(idle)
-                if idle.cancelled_caught:
-                    return
+                if message is None:
+                    if pending:  # the linger ran out: acknowledge
+                        continue
+                    return  # stopped while idle
                 frame = _frame.decode(message)  # msgspec reads str and bytes alike
                 if frame.deliveries is not None:
                     ids = book_deliveries(state, index, frame.deliveries, state.clock())
                     if ids:
-                        credit = 0 if self._stopping else len(ids)
-                        await ws.send_message(msgspec.json.encode({"ack": ids, "credit": credit}))
-                        unanswered += 1
+                        if not pending:
+                            flush_at = trio.current_time() + ACK_LINGER_S
+                        pending += ids
+                        if len(pending) >= ACK_EVERY:
+                            await flush()
                 elif frame.acked is not None:
                     unanswered -= 1
                     state.acked += frame.acked
