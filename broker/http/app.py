@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from broker.errors import BrokerError
 from broker.http import admin, governance, mailboxes, messages, streams
-from broker.http.common import error_response, http_exception_response, json_response
+from broker.http.common import error_response, http_exception_response, internal_error_response
 from broker.http.rawws import StreamRouter
 from broker.service import Broker
 
@@ -51,7 +51,7 @@ def create_app(broker: Broker) -> QuartTrio:
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
         log.exception("unhandled error in a request handler")
-        return json_response({"error": {"code": "internal", "message": "internal error"}}, 500)
+        return internal_error_response()
 
     if broker.peers is not None:
         _serve_as_worker(app, broker)

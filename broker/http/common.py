@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from quart import Response, request, websocket
+from quart import Response, request
 from werkzeug.exceptions import HTTPException
 
 from broker.codec import decode_struct
@@ -19,7 +19,9 @@ __all__ = [
     "body_struct",
     "error_response",
     "http_exception_response",
+    "internal_error_response",
     "json_response",
+    "no_such_endpoint",
     "principal",
     "query_float",
     "query_int",
@@ -65,17 +67,24 @@ def http_exception_response(exc: HTTPException) -> Response:
     message = exc.description or exc.name
     if status == 413:
         message = "request body too large"
-    elif status in (404, 405):
-        try:
-            method, path = request.method, request.path
-        except RuntimeError:  # a WebSocket upgrade has no request context
-            method, path = "GET", websocket.path
+    elif status in (404, 405):  # (WebSocket upgrades never reach Quart: broker/http/rawws.py)
+        method, path = request.method, request.path
         message = (
-            f"no such endpoint: {method} {path}"
+            no_such_endpoint(method, path)
             if status == 404
             else f"method {method} is not allowed on {path}"
         )
     return json_response({"error": {"code": code, "message": message}}, status)
+
+
+def no_such_endpoint(method: str, path: str) -> str:
+    """The 404 message, for HTTP requests and WebSocket upgrades alike."""
+    return f"no such endpoint: {method} {path}"
+
+
+def internal_error_response() -> Response:
+    """The answer to a bug: the one error shape, no details (those go to the log)."""
+    return json_response({"error": {"code": "internal", "message": "internal error"}}, 500)
 
 
 def principal(broker: Broker) -> Principal:

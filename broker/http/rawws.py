@@ -28,7 +28,7 @@ import trio
 from werkzeug.datastructures import Headers, MultiDict
 
 from broker.errors import BrokerError, NotFound
-from broker.http.common import error_response, json_response
+from broker.http.common import error_response, internal_error_response, no_such_endpoint
 
 __all__ = ["RawWebsocket", "StreamHandler", "StreamRouter", "StreamSocket"]
 
@@ -181,14 +181,12 @@ class StreamRouter:
                 if ws.accepted:
                     raise
                 log.exception("unhandled error in a stream upgrade")
-                response = json_response(
-                    {"error": {"code": "internal", "message": "internal error"}}, 500
-                )
+                response = internal_error_response()
                 await ws.refuse(500, _closing(response.headers), await _body(response))
 
 
 async def _no_such_stream(ws: StreamSocket, params: dict[str, str]) -> None:
-    raise NotFound(f"no such endpoint: GET {ws.path}")
+    raise NotFound(no_such_endpoint("GET", ws.path))
 
 
 def _closing(headers: Headers) -> Headers:

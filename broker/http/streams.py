@@ -6,9 +6,10 @@ Both handlers authenticate the upgrade request exactly like an HTTP request and 
 the same JSON error (401/403/404/503) *before* accepting. After that each connection runs its
 tasks in a nursery owned by the handler; when the client goes away the router
 (:mod:`broker.http.rawws`) cancels the handler, nursery included, so no task outlives its
-connection. The protocol is in docs/streams.md; the flow-control state lives in :mod:`broker.streaming`. The streams
-themselves are in :mod:`broker.http.publish` and :mod:`broker.http.consume`; this module holds
-what they share (wire shapes, the stop/drain/close of :class:`_Stream`), the hub and the routes.
+connection. The protocol is in docs/streams.md; the flow-control state lives in
+:mod:`broker.streaming`. The streams themselves are in :mod:`broker.http.publish` and
+:mod:`broker.http.consume`; this module holds what they share (wire shapes, the stop/drain/close
+of :class:`_Stream`), the hub and the routes.
 
 Shutdown. :meth:`StreamHub.close` (see :func:`hub_of`) stops every stream: it stops reading
 (and leasing), lets what is in flight finish and be confirmed (at most ``DRAIN_TIMEOUT_S``), and
