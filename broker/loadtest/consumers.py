@@ -23,6 +23,7 @@ import trio
 
 from broker.loadtest.provision import MailboxInfo
 from broker.loadtest.receivers import MailboxConsumers, _Delivery, _Failed, book_deliveries
+from broker.loadtest.transport import RECEIVE_BYTES
 
 __all__ = ["StreamReceivers", "consume_url"]
 
@@ -31,9 +32,6 @@ ACK_WAIT_S = 30.0
 ACK_EVERY = 100
 ACK_LINGER_S = 0.02
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-#: Bytes per socket read. trio-websocket's default (4 KiB) reads a 1,000-delivery frame (~1 MB)
-#: in 256 reads, each a trip through trio and wsproto: most of the bench's own CPU.
-RECEIVE_BUFFER_BYTES = 256 * 1024
 
 
 class _ErrorBody(msgspec.Struct):
@@ -76,7 +74,7 @@ class StreamReceivers(MailboxConsumers):
                 url,
                 extra_headers=headers,
                 max_message_size=MAX_MESSAGE_BYTES,
-                receive_buffer_size=RECEIVE_BUFFER_BYTES,
+                receive_buffer_size=RECEIVE_BYTES,
             ) as ws:
                 await ws.send_message(b'{"credit":%d}' % sc.poll_max)
                 await self._consume(ws, index)

@@ -13,7 +13,6 @@ same for both clients; the connection is then dropped and the next request opens
 
 from __future__ import annotations
 
-import ssl
 from types import TracebackType
 from urllib.parse import urlsplit
 
@@ -21,10 +20,9 @@ import h11
 import httpx
 import trio
 
-__all__ = ["LeanClient", "LeanResponse"]
+from broker.loadtest.transport import RECEIVE_BYTES, tls_context
 
-#: Bytes per socket read.
-READ_BYTES = 256 * 1024
+__all__ = ["LeanClient", "LeanResponse"]
 
 
 class LeanResponse:
@@ -43,8 +41,9 @@ class LeanResponse:
 
 
 class LeanClient:
-    """One connection to ``base_url`` (``http`` or ``https``), opened on first use, reopened after
-    a failure; ``timeout`` bounds each request, connecting included. Use as an async context
+    """One connection to ``base_url`` (``http`` or ``https``, with the run's one TLS context),
+    opened on first use, reopened after a failure; ``timeout`` bounds each request, connecting
+    included. Use as an async context
     manager; requests on one client must not overlap (one sender, one request in flight)."""
 
     def __init__(
@@ -53,7 +52,6 @@ class LeanClient:
         *,
         token: str | None = None,
         timeout: float,
-        tls: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -62,7 +60,6 @@ class LeanClient:
         self._host = parts.hostname
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
-        self._tls = tls
         self._timeout = timeout
         self._headers = [(b"host", parts.netloc.encode()), (b"user-agent", b"dueslag-bench")]
         if token is not None:
@@ -131,7 +128,7 @@ class LeanClient:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(bytes(await stream.receive_some(READ_BYTES)))
+                conn.receive_data(bytes(await stream.receive_some(RECEIVE_BYTES)))
             elif isinstance(event, h11.Response):
                 response = event
             elif isinstance(event, h11.Data):
@@ -150,9 +147,8 @@ class LeanClient:
 
     async def _connect(self) -> None:
         if self._https:
-            tls = self._tls or ssl.create_default_context()
             self._stream = await trio.open_ssl_over_tcp_stream(
-                self._host, self._port, ssl_context=tls
+                self._host, self._port, ssl_context=tls_context()
             )
         else:
             self._stream = await trio.open_tcp_stream(self._host, self._port)

@@ -29,7 +29,6 @@ import trio
 from broker.loadtest.leanhttp import LeanClient, LeanResponse
 from broker.loadtest.ledger import LedgerFull
 from broker.loadtest.state import RunState
-from broker.loadtest.transport import tls_context
 
 __all__ = [
     "REQUEST_TIMEOUT_S",
@@ -258,7 +257,7 @@ async def run_baseline(
 
     async def one() -> None:
         nonlocal done, failed
-        async with LeanClient(base_url, timeout=REQUEST_TIMEOUT_S, tls=tls_context()) as http:
+        async with LeanClient(base_url, timeout=REQUEST_TIMEOUT_S) as http:
             while True:
                 try:
                     r = await http.get("/healthz")

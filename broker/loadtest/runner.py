@@ -43,7 +43,7 @@ from broker.loadtest.report import build_report, host_load
 from broker.loadtest.scenario import Scenario
 from broker.loadtest.servermetrics import delta, parse_metrics
 from broker.loadtest.state import RunState, Sample
-from broker.loadtest.transport import client, tls_context
+from broker.loadtest.transport import client
 
 __all__ = ["BenchError", "run_scenario"]
 
@@ -100,9 +100,7 @@ async def _senders(state: RunState, base_url: str, tokens: tuple[str, ...]) -> N
 
                     await run_stream_sender(state, index, base_url, token)
                 else:
-                    async with LeanClient(
-                        base_url, token=token, timeout=REQUEST_TIMEOUT_S, tls=tls_context()
-                    ) as http:
+                    async with LeanClient(base_url, token=token, timeout=REQUEST_TIMEOUT_S) as http:
                         await run_http_sender(state, index, http)
             finally:
                 state.senders_alive -= 1

@@ -28,9 +28,9 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 import trio
 
-from broker.loadtest.consumers import RECEIVE_BUFFER_BYTES
 from broker.loadtest.publishers import Pacer, Result, confirm_results, take_envelopes
 from broker.loadtest.state import RunState
+from broker.loadtest.transport import RECEIVE_BYTES
 
 __all__ = ["PATH", "StreamUnavailable", "check_stream", "run_stream_sender", "stream_url"]
 
@@ -221,7 +221,7 @@ async def run_stream_sender(state: RunState, index: int, base_url: str, token: s
                 extra_headers=_headers(token),
                 max_message_size=MAX_MESSAGE_BYTES,
                 message_queue_size=64,
-                receive_buffer_size=RECEIVE_BUFFER_BYTES,  # confirms of big frames are big too
+                receive_buffer_size=RECEIVE_BYTES,  # confirms of big frames are big too
             ) as ws,
             trio.open_nursery() as nursery,
         ):

@@ -1,5 +1,6 @@
 """The bench's httpx clients (set-up, metrics, polls, clean-up): keep-alive, no proxies from the
-environment, one TLS context. The senders' hot loops use :mod:`broker.loadtest.leanhttp`.
+environment, one TLS context (shared with :mod:`broker.loadtest.leanhttp`, the senders' client),
+and the read size of every client the bench owns.
 
 Every httpx client of a run comes from :func:`client`. ``trust_env=False`` keeps ``HTTP_PROXY`` and
 friends from sending the load anywhere but the broker. httpx builds a TLS context (loading the
@@ -15,7 +16,12 @@ from typing import Any
 
 import httpx
 
-__all__ = ["client", "tls_context"]
+__all__ = ["RECEIVE_BYTES", "client", "tls_context"]
+
+#: Bytes per socket read of the bench's own clients (the lean HTTP senders and the WebSocket
+#: streams). trio-websocket reads 4 KiB by default: a 1,000-delivery frame (~1 MB) took 256
+#: reads, each a trip through trio and wsproto, and that was most of the bench's own CPU.
+RECEIVE_BYTES = 256 * 1024
 
 
 @cache
