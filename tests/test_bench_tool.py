@@ -413,7 +413,12 @@ def _assert_accounted(report: dict[str, Any]) -> None:
     assert server["envelopes_accepted"] == report["confirmed"]
     assert server["envelopes_duplicate"] == 0
     assert server["deliveries_created"] == report["delivered"]
-    assert server["deliveries_acked"] == acc["acked"] == report["delivered"] + acc["redelivered"], (acc, report["errors"], report["events"], server)
+    assert server["deliveries_acked"] == acc["acked"] == report["delivered"] + acc["redelivered"], (
+        acc,
+        report["errors"],
+        report["events"],
+        server,
+    )
     assert server["deliveries_leased"] == acc["received"]
     assert all(report["checks"].values()), report["checks"]
     assert set(report["throughput"]) >= {"publish_per_s", "deliver_per_s"}
