@@ -12,6 +12,7 @@ field and the rule that failed, and keep their inputs as attributes::
     ├── Forbidden                    403 ``forbidden``: token known, action not allowed
     ├── NotFound                     404 ``not_found`` (also: another system's mailbox)
     ├── Conflict                     409 ``conflict`` / ``lease_expired`` / ``unknown_delivery``
+    ├── RequestTimeout               408 ``request_timeout``: the body did not arrive in time
     ├── PayloadTooLarge              413 ``too_large``
     ├── UnsupportedMediaType         415 ``unsupported_media_type``
     ├── Overloaded                   503 ``overloaded`` (with ``retry_after`` seconds)
@@ -34,6 +35,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "RequestTimeout",
     "StoreError",
     "Unauthorized",
     "UnsupportedMediaType",
@@ -54,6 +56,7 @@ ERROR_STATUS: dict[str, int] = {
     "conflict": 409,
     "lease_expired": 409,
     "unknown_delivery": 409,
+    "request_timeout": 408,
     "too_large": 413,
     "unsupported_media_type": 415,
     "overloaded": 503,
@@ -142,6 +145,10 @@ class NotFound(BrokerError):
 
 class Conflict(BrokerError):
     default_code = "conflict"
+
+
+class RequestTimeout(BrokerError):
+    default_code = "request_timeout"
 
 
 class PayloadTooLarge(BrokerError):

@@ -13,6 +13,7 @@ import pytest
 import cli
 from broker.config import BrokerConfig
 from broker.http import create_app, streams
+from broker.http.app import raw_routes
 from broker.http.openapi import openapi_document
 from broker.service import Broker
 from store import MemoryStore
@@ -27,6 +28,8 @@ def _app_routes() -> set[tuple[str, str]]:
         ("get", re.sub(r"\(\?P<([^>]+)>[^)]*\)", r"{\1}", pattern))
         for pattern in streams.routes(broker)
     }
+    # and so are the send endpoints and the probes (broker/http/rawhttp.py)
+    routes |= {(method.lower(), path) for method, path in raw_routes(broker)}
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from broker.errors import Forbidden
-from broker.http.rawws import RawWebsocket, StreamRouter, StreamSocket
+from broker.http.rawws import FrontRouter, RawWebsocket, StreamSocket
 
 HTTP_RESPONSE = {"websocket.http.response": {}}
 
@@ -62,14 +62,16 @@ async def test_routes_stream_paths_with_their_parameters_and_passes_the_rest_on(
         await ws.send(b"raw")
         await ws.close(1000, "bye")
 
-    router = StreamRouter(app, {"/s/(?P<mailbox_id>[^/]+)/consume": consume})
+    router = FrontRouter(app, {"/s/(?P<mailbox_id>[^/]+)/consume": consume})
     conn = FakeConnection(
         CONNECT,
         {"type": "websocket.receive", "bytes": b"\x01", "text": None},
         {"type": "websocket.receive", "text": "text"},
     )
     await router(ws_scope("/s/mb-1/consume"), conn.receive, conn.send)
-    await router({"type": "http", "path": "/s/mb-1/consume"}, conn.receive, conn.send)
+    await router(
+        {"type": "http", "method": "GET", "path": "/s/mb-1/consume"}, conn.receive, conn.send
+    )
     assert seen == [
         ("consume", {"mailbox_id": "mb-1"}),
         ("quart", "/s/mb-1/consume"),
@@ -111,7 +113,7 @@ async def test_a_refusal_before_accept_is_the_http_error_or_a_403_close(
         raise Forbidden("not yours")
 
     conn = FakeConnection(CONNECT)
-    await StreamRouter(_never, {"/p": handler})(
+    await FrontRouter(_never, {"/p": handler})(
         ws_scope("/p", extensions=extensions), conn.receive, conn.send
     )
     if not extensions:  # no way to send an HTTP response: the server refuses with 403
@@ -134,7 +136,7 @@ async def test_a_bug_before_accept_is_a_500_and_after_accept_propagates() -> Non
         await ws.accept()
         raise RuntimeError("late")
 
-    router = StreamRouter(_never, {"/early": early, "/late": late})
+    router = FrontRouter(_never, {"/early": early, "/late": late})
     conn = FakeConnection(CONNECT)
     await router(ws_scope("/early"), conn.receive, conn.send)
     assert conn.sent[0]["status"] == 500
@@ -157,7 +159,7 @@ async def test_the_client_going_away_cancels_the_handler() -> None:
 
     conn = FakeConnection(CONNECT, {"type": "websocket.disconnect", "code": 1001})
     with trio.fail_after(5):
-        await StreamRouter(_never, {"/p": handler})(ws_scope("/p"), conn.receive, conn.send)
+        await FrontRouter(_never, {"/p": handler})(ws_scope("/p"), conn.receive, conn.send)
     assert reached == ["after receive"]
 
 
@@ -167,7 +169,7 @@ async def test_before_runs_ahead_of_each_stream_handler() -> None:
     async def handler(ws: StreamSocket, params: dict[str, str]) -> None:
         calls.append("handler")
 
-    router = StreamRouter(_never, {"/p": handler}, before=lambda: calls.append("before"))
+    router = FrontRouter(_never, {"/p": handler}, before=lambda: calls.append("before"))
     conn = FakeConnection(CONNECT)
     await router(ws_scope("/p"), conn.receive, conn.send)
     assert calls == ["before", "handler"]

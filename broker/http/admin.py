@@ -1,4 +1,5 @@
-"""Systems (admin), health probes, metrics and the OpenAPI document."""
+"""Systems (admin), health probes (raw ASGI routes, as probes are hit often and must stay
+cheap: :mod:`broker.http.rawhttp`), metrics and the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from quart import Quart, Response
 from broker.delivery import iso_ms
 from broker.http.common import body_struct, json_response, principal
 from broker.http.openapi import openapi_document
+from broker.http.rawhttp import HttpHandler, RawRequest, RawResponse, json_answer
 from broker.service import Broker
 
-__all__ = ["register"]
+__all__ = ["probes", "register"]
 
 
 class SystemIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -55,17 +57,6 @@ def register(app: Quart, broker: Broker) -> None:
             }
         )
 
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return json_response({"status": "ok"})
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        if not broker.ready:
-            return json_response({"status": "starting"}, 503)
-        stats = broker.writer.statistics()
-        return json_response({"status": "ready", "writer_queued_jobs": stats.queued_jobs})
-
     @app.get("/metrics")
     async def metrics() -> Response:
         broker.require_admin(principal(broker))
@@ -80,3 +71,19 @@ def register(app: Quart, broker: Broker) -> None:
     async def openapi() -> Response:
         principal(broker)  # any valid token: the API description is for registered parties
         return json_response(openapi_document())
+
+
+def probes(broker: Broker) -> dict[tuple[str, str], HttpHandler]:
+    """``GET /healthz`` (the process answers) and ``GET /readyz`` (it is ready for traffic)."""
+    ok = json_answer({"status": "ok"})
+
+    async def healthz(request: RawRequest) -> RawResponse:
+        return ok
+
+    async def readyz(request: RawRequest) -> RawResponse:
+        if not broker.ready:
+            return json_answer({"status": "starting"}, 503)
+        stats = broker.writer.statistics()
+        return json_answer({"status": "ready", "writer_queued_jobs": stats.queued_jobs})
+
+    return {("GET", "/healthz"): healthz, ("GET", "/readyz"): readyz}

@@ -12,10 +12,11 @@ from werkzeug.exceptions import HTTPException
 from broker.errors import BrokerError
 from broker.http import admin, governance, mailboxes, messages, streams
 from broker.http.common import error_response, http_exception_response, internal_error_response
-from broker.http.rawws import StreamRouter
+from broker.http.rawhttp import HttpHandler
+from broker.http.rawws import FrontRouter
 from broker.service import Broker
 
-__all__ = ["WORKER_HEADER", "create_app", "create_asgi"]
+__all__ = ["WORKER_HEADER", "create_app", "create_asgi", "raw_routes"]
 
 #: Response header naming the worker process that answered (only with ``serve --workers N``).
 WORKER_HEADER = "X-Dueslag-Worker"
@@ -23,16 +24,30 @@ WORKER_HEADER = "X-Dueslag-Worker"
 log = logging.getLogger("dueslag.http")
 
 
-def create_asgi(broker: Broker) -> StreamRouter:
-    """What hypercorn serves: the WebSocket streams on raw ASGI, everything else through Quart."""
+def create_asgi(broker: Broker) -> FrontRouter:
+    """What hypercorn serves: the WebSocket streams, the send endpoints and the probes on raw
+    ASGI (:mod:`broker.http.rawws`, :mod:`broker.http.rawhttp`), everything else through Quart."""
     peers = broker.peers
-    return StreamRouter(
-        create_app(broker), streams.routes(broker), None if peers is None else peers.drain
+    return FrontRouter(
+        create_app(broker),
+        streams.routes(broker),
+        None if peers is None else peers.drain,
+        http=raw_routes(broker),
+        limit=broker.config.max_request_bytes,
+        headers=[]
+        if peers is None
+        else [(WORKER_HEADER.lower().encode(), str(peers.index).encode())],
     )
 
 
+def raw_routes(broker: Broker) -> dict[tuple[str, str], HttpHandler]:
+    """The HTTP routes served on raw ASGI, in front of Quart: (method, path) -> handler."""
+    return {**messages.routes(broker), **admin.probes(broker)}
+
+
 def create_app(broker: Broker) -> QuartTrio:
-    """The quart-trio app with the HTTP routes (the streams are :func:`create_asgi`'s)."""
+    """The quart-trio app with the HTTP routes but the raw ones (:func:`create_asgi` serves those
+    and the streams)."""
     app = QuartTrio("dueslag")
     app.config["RESPONSE_TIMEOUT"] = None  # long polls and streams outlive Quart's 60 s default
     app.config["MAX_CONTENT_LENGTH"] = broker.config.max_request_bytes
@@ -55,7 +70,6 @@ def create_app(broker: Broker) -> QuartTrio:
 
     if broker.peers is not None:
         _serve_as_worker(app, broker)
-    messages.register(app, broker)
     mailboxes.register(app, broker)
     admin.register(app, broker)
     governance.register(app, broker)

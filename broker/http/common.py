@@ -9,7 +9,8 @@ from quart import Response, request
 from werkzeug.exceptions import HTTPException
 
 from broker.codec import decode_struct
-from broker.errors import BrokerError, InvalidInput, Overloaded
+from broker.errors import BrokerError, InvalidInput
+from broker.http.rawhttp import error_parts, internal_error_parts
 from broker.service import Broker, Principal
 from store.base import SystemRecord
 
@@ -38,6 +39,7 @@ _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     413: "too_large",
     415: "unsupported_media_type",
 }
@@ -55,10 +57,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(err: BrokerError) -> Response:
-    headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Overloaded) else None
-    if err.code == "unauthorized":
-        headers = {"WWW-Authenticate": 'Bearer realm="dueslag"'}
-    return json_response({"error": err.to_dict()}, err.http_status, headers)
+    status, body, headers = error_parts(err)
+    return json_response(body, status, headers)
 
 
 def http_exception_response(exc: HTTPException) -> Response:
@@ -84,7 +84,8 @@ def no_such_endpoint(method: str, path: str) -> str:
 
 def internal_error_response() -> Response:
     """The answer to a bug: the one error shape, no details (those go to the log)."""
-    return json_response({"error": {"code": "internal", "message": "internal error"}}, 500)
+    status, body, _ = internal_error_parts()
+    return json_response(body, status)
 
 
 def principal(broker: Broker) -> Principal:

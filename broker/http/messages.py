@@ -1,9 +1,9 @@
-"""Sending: ``POST /v1/messages`` (one envelope) and ``POST /v1/messages/batch``."""
+"""Sending: ``POST /v1/messages`` (one envelope) and ``POST /v1/messages/batch`` (raw ASGI
+routes, see :mod:`broker.http.rawhttp`)."""
 
 from __future__ import annotations
 
 import msgspec
-from quart import Quart, Response, request
 
 from broker.codec import (
     JSON,
@@ -16,11 +16,12 @@ from broker.codec import (
 )
 from broker.envelope import Haendelsesbesked
 from broker.errors import BrokerError, UnsupportedMediaType
-from broker.http.common import ErrorBody, json_response, system
+from broker.http.common import ErrorBody
+from broker.http.rawhttp import HttpHandler, RawRequest, RawResponse, json_answer
 from broker.service import Broker
-from store.base import PublishResult
+from store.base import PublishResult, SystemRecord
 
-__all__ = ["register"]
+__all__ = ["routes"]
 
 
 class PublishOut(msgspec.Struct):
@@ -48,17 +49,20 @@ def _out(result: PublishResult) -> PublishOut:
     return PublishOut(result.transaction_id, result.mailboxes, result.duplicate)
 
 
-def register(app: Quart, broker: Broker) -> None:
-    @app.post("/v1/messages")
-    async def post_message() -> Response:
-        sender = system(broker)
-        media = media_type(request.content_type)
+def routes(broker: Broker) -> dict[tuple[str, str], HttpHandler]:
+    """The send endpoints, served on raw ASGI (:mod:`broker.http.rawhttp` says why)."""
+
+    def sender_of(request: RawRequest) -> SystemRecord:
+        return broker.require_system(broker.authenticate(request.header(b"authorization")))
+
+    async def post_message(request: RawRequest) -> RawResponse:
+        sender = sender_of(request)
+        media = media_type(request.header(b"content-type"))
         if media not in SINGLE_MEDIA:
             raise UnsupportedMediaType(
                 f"Content-Type {media!r} is not supported; use one of {', '.join(SINGLE_MEDIA)}"
             )
-        data = await request.get_data(cache=False)
-        assert isinstance(data, bytes)
+        data = await request.body()
         try:
             besked = decode_envelope(data, media)
         except BrokerError as err:
@@ -67,14 +71,12 @@ def register(app: Quart, broker: Broker) -> None:
         (result,) = await broker.publish(sender, [besked], request.remote_addr)
         if isinstance(result, BrokerError):
             raise result
-        return json_response(_out(result), 202)
+        return json_answer(_out(result), 202)
 
-    @app.post("/v1/messages/batch")
-    async def post_batch() -> Response:
-        sender = system(broker)
-        media = media_type(request.content_type)
-        data = await request.get_data(cache=False)
-        assert isinstance(data, bytes)
+    async def post_batch(request: RawRequest) -> RawResponse:
+        sender = sender_of(request)
+        media = media_type(request.header(b"content-type"))
+        data = await request.body()
         raw_items = split_batch(data, media)
         item_media = MSGPACK if media == MSGPACK else JSON
         if media not in (JSON, NDJSON, MSGPACK):  # pragma: no cover - split_batch refuses
@@ -100,4 +102,6 @@ def register(app: Quart, broker: Broker) -> None:
                         duplicate=r.duplicate,
                     )
                 )
-        return json_response(BatchOut(out, len(out) - failed, failed), 200)
+        return json_answer(BatchOut(out, len(out) - failed, failed), 200)
+
+    return {("POST", "/v1/messages"): post_message, ("POST", "/v1/messages/batch"): post_batch}

@@ -1,12 +1,13 @@
-"""The stream routes served on the ASGI callables directly, in front of the Quart app.
+"""The ASGI app in front of Quart (:class:`FrontRouter`) and the stream routes it serves on the
+ASGI callables directly (the raw HTTP routes are :mod:`broker.http.rawhttp`'s).
 
 Why not Quart's own WebSocket routes: quart-trio relays every received message through a second
 task and a memory channel, and fires its ``websocket_received``/``websocket_sent`` signals on
 every message. At one envelope per frame that relay is a large share of a stream's cost
 (docs/performance.md), while the streams need nothing of Quart but the upgrade's headers and query.
-So :class:`StreamRouter` takes every WebSocket upgrade itself (the streams are the only
-WebSocket routes; any other path is refused with the 404 error response) and hands everything
-else (HTTP, lifespan) to Quart unchanged.
+So :class:`FrontRouter` takes every WebSocket upgrade itself (the streams are the only
+WebSocket routes; any other path is refused with the 404 error response), serves the few raw HTTP
+routes (exact method and path), and hands everything else (HTTP, lifespan) to Quart unchanged.
 
 Semantics kept from Quart: a refused upgrade is the HTTP error response (ASGI's
 ``websocket.http.response`` extension, which hypercorn has; a bare 403 close otherwise); when the
@@ -29,8 +30,9 @@ from werkzeug.datastructures import Headers, MultiDict
 
 from broker.errors import BrokerError, NotFound
 from broker.http.common import error_response, internal_error_response, no_such_endpoint
+from broker.http.rawhttp import HttpHandler, RawRequest, RawResponse, serve_http
 
-__all__ = ["RawWebsocket", "StreamHandler", "StreamRouter", "StreamSocket"]
+__all__ = ["FrontRouter", "RawWebsocket", "StreamHandler", "StreamSocket"]
 
 log = logging.getLogger("dueslag.streams")
 
@@ -124,12 +126,14 @@ class RawWebsocket:
 StreamHandler = Callable[[StreamSocket, dict[str, str]], Awaitable[None]]
 
 
-class StreamRouter:
+class FrontRouter:
     """ASGI app: ``routes`` (path regex -> handler) for WebSocket upgrades (404 for any other
-    path), ``app`` for everything else.
+    path), ``http`` ((method, path) -> handler; ``HEAD`` too where ``GET`` is routed) for the raw
+    HTTP routes, ``app`` for everything else.
 
-    ``before`` runs ahead of every stream handler (the workers' peer-notice drain, as Quart's
-    ``before_websocket`` hook does for the HTTP routes).
+    ``before`` runs ahead of every stream and raw HTTP handler, and ``headers`` go on every raw
+    HTTP answer (the workers' peer-notice drain and worker header, as Quart's hooks do for its
+    routes). ``limit`` is the raw HTTP routes' request body limit.
     """
 
     def __init__(
@@ -137,17 +141,51 @@ class StreamRouter:
         app: ASGIApp,
         routes: dict[str, StreamHandler],
         before: Callable[[], None] | None = None,
+        *,
+        http: dict[tuple[str, str], HttpHandler] | None = None,
+        limit: int = 64 * 1024 * 1024,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.app = app
         self.routes = [(re.compile(pattern), handler) for pattern, handler in routes.items()]
         self.before = before
+        self.http = dict(http or {})
+        for (method, path), handler in list(self.http.items()):
+            if method == "GET":
+                self.http.setdefault(("HEAD", path), handler)
+        self.limit = limit
+        self.headers = list(headers or [])
+        self._allowed: dict[str, list[str]] = {}  # raw path -> its methods (for the 405)
+        for method, path in sorted(self.http):
+            self._allowed.setdefault(path, []).append(method)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            for pattern, handler in self.routes:
+        kind = scope["type"]
+        if kind == "http":
+            handler = self.http.get((scope["method"], scope["path"]))
+            if handler is not None:
+                await serve_http(
+                    handler,
+                    scope,
+                    receive,
+                    send,
+                    limit=self.limit,
+                    before=self.before,
+                    headers=self.headers,
+                )
+                return
+            allowed = self._allowed.get(scope["path"])
+            if allowed is not None:  # a raw path, another method: 405, as Quart answers
+                allow = [(b"allow", ", ".join(allowed).encode())]
+                await serve_http(
+                    _not_allowed, scope, receive, send, limit=self.limit, headers=allow
+                )
+                return
+        elif kind == "websocket":
+            for pattern, stream in self.routes:
                 match = pattern.fullmatch(scope["path"])
                 if match is not None:
-                    await self._serve(handler, match.groupdict(), scope, receive, send)
+                    await self._serve(stream, match.groupdict(), scope, receive, send)
                     return
             await self._serve(_no_such_stream, {}, scope, receive, send)
             return
@@ -183,6 +221,12 @@ class StreamRouter:
                 log.exception("unhandled error in a stream upgrade")
                 response = internal_error_response()
                 await ws.refuse(500, _closing(response.headers), await _body(response))
+
+
+async def _not_allowed(request: RawRequest) -> RawResponse:
+    raise BrokerError(
+        f"method {request.method} is not allowed on {request.path}", code="method_not_allowed"
+    )
 
 
 async def _no_such_stream(ws: StreamSocket, params: dict[str, str]) -> None:

@@ -213,7 +213,7 @@ class _Stream:
 
 
 def routes(broker: Broker) -> dict[str, StreamHandler]:
-    """The stream routes (path pattern -> handler) for :class:`~broker.http.rawws.StreamRouter`.
+    """The stream routes (path pattern -> handler) for :class:`~broker.http.rawws.FrontRouter`.
 
     Each handler authenticates the upgrade exactly like an HTTP request; a refusal is raised as
     the :class:`BrokerError` before the upgrade is accepted, and the router answers it with the
