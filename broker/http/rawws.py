@@ -176,9 +176,15 @@ class FrontRouter:
                 return
             allowed = self._allowed.get(scope["path"])
             if allowed is not None:  # a raw path, another method: 405, as Quart answers
-                allow = [(b"allow", ", ".join(allowed).encode())]
+                allow = (b"allow", ", ".join(allowed).encode())
                 await serve_http(
-                    _not_allowed, scope, receive, send, limit=self.limit, headers=allow
+                    _not_allowed,
+                    scope,
+                    receive,
+                    send,
+                    limit=self.limit,
+                    before=self.before,
+                    headers=[*self.headers, allow],
                 )
                 return
         elif kind == "websocket":
