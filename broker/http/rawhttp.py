@@ -3,8 +3,8 @@
 Why: the send endpoints (``POST /v1/messages``, ``POST /v1/messages/batch``) and the probes need
 nothing of Quart but a body, three headers and a JSON answer, while Quart's per-request machinery
 (request context, werkzeug request and header objects, a task for the body, signals, the response
-object) cost a one-envelope POST about a quarter of its server CPU. Measured with
-``dueslag bench --scenario single``: ~390 envelopes/s through Quart, ~500/s here (docs/performance.md).
+object) were about a fifth of the server's CPU for a one-envelope POST (py-spy). Measured with
+``dueslag bench --scenario single``: 1.19x the envelopes/s of the Quart route (docs/performance.md).
 The other endpoints stay in Quart; :class:`~broker.http.rawws.FrontRouter` picks the route.
 
 Semantics kept from the Quart routes: the body limit (413 ``too_large`` at once when
