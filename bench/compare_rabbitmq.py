@@ -2,7 +2,7 @@
 
 Usage (from the repository root; root, because RabbitMQ may have to be installed)::
 
-    python3 bench/compare_rabbitmq.py --json result.json [--duration 10]
+    python3 bench/compare_rabbitmq.py --json result.json [--duration 10] [--workers 2]
 
 writes ``{"scenarios": [{"name", "dueslag_per_s", "rabbitmq_per_s", "ratio"}, …], …}`` and
 prints the same as a table. ``ratio`` is dueslag / RabbitMQ.
@@ -10,7 +10,8 @@ prints the same as a table. ``ratio`` is dueslag / RabbitMQ.
 What it does:
 
 1. **dueslag**, per scenario on a fresh server (``python -m cli serve`` on 127.0.0.1, a temp
-   data dir, sync and access control on: the defaults), its own load tester as a subprocess
+   data dir, sync and access control on: the defaults; ``--workers N`` serves with N processes
+   on the one store, as RabbitMQ's Erlang VM uses every core), its own load tester as a subprocess
    (``python -m broker.loadtest --quiet``, the same as ``dueslag bench``):
    ``publish-batch`` = ``fanout``'s ``publish_per_s`` (4 senders, 100 per POST, consumers
    draining concurrently), ``publish-stream`` = ``stream``'s ``publish_per_s`` (one envelope per
@@ -84,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--envelopes", type=int, default=10_000, help="distinct envelopes the publisher cycles"
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="dueslag: serve --workers N (1..8; RabbitMQ's Erlang VM uses every core by itself)",
+    )
+    p.add_argument(
         "--only",
         choices=("dueslag", "rabbitmq"),
         default=None,
@@ -100,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--window must be in 1..100000 and --prefetch in 1..65535")
     if not 1 <= args.publishers <= 16:
         p.error("--publishers must be in 1..16")
+    if not 1 <= args.workers <= 8:
+        p.error("--workers must be in 1..8")
     if not 1000 <= args.envelopes <= 200_000:
         p.error("--envelopes must be in 1000..200000")
     args.scenarios = names
@@ -186,10 +195,13 @@ def fetch_plan_inputs(srv: DueslagServer) -> tuple[bytes, list[dict[str, Any]]]:
     return catalog.content, list(auth.json()["authorities"])
 
 
-def run_dueslag(name: str, duration: float, out: Path, work: Path) -> dict[str, Any]:
-    """One fresh server, one ``dueslag bench`` run; the bench's JSON (plus its exit status)."""
+def run_dueslag(
+    name: str, duration: float, out: Path, work: Path, workers: int = 1
+) -> dict[str, Any]:
+    """One fresh server (``workers`` processes), one ``dueslag bench`` run; the bench's JSON
+    (plus its exit status)."""
     builtin, _ = SCENARIOS[name]
-    with DueslagServer(work / f"dueslag-{name}") as srv:
+    with DueslagServer(work / f"dueslag-{name}", workers=workers) as srv:
         cmd = [
             sys.executable, "-m", "broker.loadtest", "--broker", srv.url,
             "--admin-token", srv.admin_token, "--scenario", builtin,
@@ -307,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             raw = out.with_name(f"{out.stem}.dueslag-{name}.json")
             try:
-                report = run_dueslag(name, args.duration, raw, work)
+                report = run_dueslag(name, args.duration, raw, work, args.workers)
                 fig, summary = dueslag_figure(report, SCENARIOS[name][1])
                 summary.update(json=str(raw), exit=report["_exit"])
                 summary["fanout_per_type"] = (report.get("setup") or {}).get("fanout_per_type")
@@ -332,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "scenarios": rows,
         "duration_s": args.duration,
+        "dueslag_workers": args.workers,
         **meta,
         "method": "same run, dueslag first then RabbitMQ; ratio = dueslag / RabbitMQ; "
         "RabbitMQ publishes one message per basic.publish in both publish scenarios "

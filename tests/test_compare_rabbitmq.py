@@ -186,7 +186,15 @@ def test_arguments() -> None:
     assert set(args.scenarios) == set(cmp.SCENARIOS)
     args = cmp.parse_args(["--json", "x.json", "--duration", "3", "--scenarios", "consume"])
     assert (args.duration, args.scenarios) == (3.0, ["consume"])
-    for bad in (["--duration", "0"], ["--scenarios", "nope"], ["--window", "0"]):
+    assert args.workers == 1
+    assert cmp.parse_args(["--json", "x.json", "--workers", "2"]).workers == 2
+    for bad in (
+        ["--duration", "0"],
+        ["--scenarios", "nope"],
+        ["--window", "0"],
+        ["--workers", "0"],
+        ["--workers", "9"],
+    ):
         with pytest.raises(SystemExit):
             cmp.parse_args(["--json", "x.json", *bad])
     with pytest.raises(SystemExit):
@@ -207,6 +215,10 @@ def test_the_dueslag_server_keeps_access_control_on(tmp_path: Path) -> None:
     assert "--no-access-control" not in cmd
     assert "--no-sync" not in cmd
     assert "127.0.0.1:12345" in cmd
+    assert "--workers" not in cmd
+    cmd = cmp.DueslagServer(tmp_path / "d", workers=2).command(12345)
+    assert cmd[cmd.index("--workers") + 1] == "2"
+    assert "--no-access-control" not in cmd
 
 
 def test_the_rabbitmq_node_is_private_and_on_loopback(tmp_path: Path) -> None:
