@@ -20,6 +20,7 @@ import msgspec
 import trio
 
 from broker.config import BrokerConfig
+from broker.decisions import DecisionCache
 from broker.envelope import Haendelsesbesked, UnikId, uid_key
 from broker.errors import BrokerError
 from broker.governance import Governance
@@ -74,6 +75,7 @@ class Publishing:
     instance_id: str
     clock: Callable[[], int]
     _mailboxes: dict[str, MailboxRecord]
+    decisions: DecisionCache
     # ------------------------------------------------------------------ messages
 
     def prepare(
@@ -86,9 +88,10 @@ class Publishing:
     ) -> Publish:
         """Authorize, enrich (as KOMBIT does) and route one accepted envelope. Pure, no I/O.
 
-        ``memo`` is shared by the envelopes of one request (same sender, same ``now_ms``): the
-        send and receive decisions depend only on the envelope's access facts, which the
-        envelopes of a feed's batch mostly share, so each distinct set is decided once.
+        ``memo`` holds the send and receive decisions already made, by (kind, system, access
+        facts): the envelopes of a feed mostly share their facts, so each distinct set is
+        decided once. :meth:`_publish_ops` passes the :class:`~broker.decisions.DecisionCache`
+        table, which is valid for the registry's state at ``now_ms``.
 
         Error handling:
             Raises the refusal (422 catalog / 403 agreement codes) when access control is on
@@ -98,7 +101,8 @@ class Publishing:
         if self.config.access_control:
             facts = extract_facts(besked)
             memo = {} if memo is None else memo
-            verdict = memo.get(facts)
+            key = ("send", sender.id, facts)
+            verdict = memo.get(key)
             if verdict is None:
                 try:
                     verdict = check_send(
@@ -106,7 +110,7 @@ class Publishing:
                     )
                 except BrokerError as err:
                     verdict = err
-                memo[facts] = verdict
+                memo[key] = verdict
             if isinstance(verdict, BrokerError):
                 raise copy.copy(verdict)  # a fresh traceback per envelope
         tid = new_uuid()
@@ -141,9 +145,10 @@ class Publishing:
         out = []
         for mailbox_id, subscription_id in matched:
             owner = self._owner(mailbox_id)
-            decision = memo.get((owner, facts))
+            key = ("receive", owner, facts)
+            decision = memo.get(key)
             if decision is None:
-                decision = memo[owner, facts] = self.registry.receive.decide(owner, facts, now_ms)
+                decision = memo[key] = self.registry.receive.decide(owner, facts, now_ms)
             if decision.admitted:
                 out.append(Route(mailbox_id, subscription_id, decision.tilladt_modtager))
         return tuple(out)
@@ -205,7 +210,7 @@ class Publishing:
     ) -> tuple[list[Publish | BrokerError], list[Op]]:
         now = self.clock()
         prepared: list[Publish | BrokerError] = []
-        memo: dict[Any, Any] = {}
+        memo = self.decisions.table(self.registry, now)
         for item in items:
             if isinstance(item, BrokerError):
                 prepared.append(item)

@@ -52,6 +52,9 @@ class Registry:
         self._authority_tokens: dict[bytes, str] = {}
         self.receive = ReceiveIndexes()
         self.value_lists = ValueListRegistry()
+        #: bumped by every ``put_*``: decisions derived from the registry are stale then
+        #: (:mod:`broker.decisions`)
+        self.generation = 0
 
     @classmethod
     def load(cls, store: Store) -> Registry:
@@ -86,6 +89,7 @@ class Registry:
 
     def put_message_type(self, mt: MessageType) -> None:
         self.catalog[mt.id] = mt
+        self.generation += 1
 
     def put_authority(self, authority: Authority) -> None:
         old = self.authorities.get(authority.cvr)
@@ -94,6 +98,7 @@ class Registry:
         self.authorities[authority.cvr] = authority
         if authority.token_hash is not None:
             self._authority_tokens[authority.token_hash] = authority.cvr
+        self.generation += 1
 
     def put_agreement(self, agreement: Agreement) -> None:
         self._file_agreement(agreement)
@@ -102,9 +107,11 @@ class Registry:
     def _file_agreement(self, agreement: Agreement) -> None:
         self.agreements[agreement.id] = agreement
         self._by_system.setdefault(agreement.system_id, {})[agreement.id] = agreement
+        self.generation += 1
 
     def put_value_list(self, vl: ValueList) -> None:
         self.value_lists.put(vl)  # a passivated or deleted list stops matching at once
+        self.generation += 1
 
     # ------------------------------------------------------------------ queries
 
@@ -117,6 +124,18 @@ class Registry:
 
     def agreements_naming(self, cvr: str) -> list[Agreement]:
         return [a for a in self.agreements.values() if cvr in a.authorities]
+
+    def next_expiry_ms(self, now_ms: int) -> int | None:
+        """The first moment after ``now_ms`` at which an agreement expires (the only way time
+        changes an access decision), or None when none will."""
+        return min(
+            (
+                a.valid_until_ms
+                for a in self.agreements.values()
+                if a.valid_until_ms is not None and a.valid_until_ms > now_ms
+            ),
+            default=None,
+        )
 
     def receivable_types(self, system_id: str, now_ms: int) -> frozenset[str]:
         """Message types some active receive agreement of the system covers."""

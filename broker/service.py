@@ -24,6 +24,7 @@ import msgspec
 import trio
 
 from broker.config import BrokerConfig
+from broker.decisions import DecisionCache
 from broker.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from broker.filters import compile_expression
 from broker.governance import Governance
@@ -133,6 +134,7 @@ class Broker(Publishing, Receiving):
         self._admin_hash = hash_token(admin_token)
         self._systems: dict[bytes, SystemRecord] = {}
         self._mailboxes: dict[str, MailboxRecord] = {}
+        self.decisions = DecisionCache()
         self.ready = False
 
     def reload(self) -> None:
