@@ -36,6 +36,7 @@ from broker.http.rawhttp import (
 from broker.http.rawws import FrontRouter
 from broker.server import ServerInfo
 from broker.service import Broker
+from tests.asgifake import FakeConnection
 from tests.conftest import TYPE1, Api, envelope
 
 JSON_CT = (b"content-type", b"application/json")
@@ -43,38 +44,6 @@ INTERNAL = {"error": {"code": "internal", "message": "internal error"}}
 
 # --------------------------------------------------------------------------------------------
 # fake ASGI callables
-
-
-class FakeConnection:
-    """The server side of one ASGI HTTP request: ``events`` in (each after the next of ``delays``
-    seconds, if any; none left: never), everything sent recorded, every receive() counted."""
-
-    def __init__(self, *events: dict[str, Any], delays: list[float] | None = None) -> None:
-        self.events = list(events)
-        self.delays = list(delays or [])
-        self.received = 0
-        self.sent: list[dict[str, Any]] = []
-
-    async def receive(self) -> dict[str, Any]:
-        self.received += 1
-        await trio.lowlevel.checkpoint()
-        if self.delays:
-            await trio.sleep(self.delays.pop(0))
-        if not self.events:
-            await trio.sleep_forever()
-        return self.events.pop(0)
-
-    async def send(self, message: dict[str, Any]) -> None:
-        await trio.lowlevel.checkpoint()
-        self.sent.append(message)
-
-    def answer(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """The one answer sent: status, headers, body (and checks its ASGI framing)."""
-        start, body = self.sent  # exactly two messages
-        assert start["type"] == "http.response.start"
-        assert body["type"] == "http.response.body"
-        assert body["more_body"] is False
-        return start["status"], start["headers"], body["body"]
 
 
 def chunk(data: bytes, more: bool) -> dict[str, Any]:

@@ -11,29 +11,14 @@ import trio
 
 from broker.errors import Forbidden
 from broker.http.rawws import FrontRouter, RawWebsocket, StreamSocket
+from tests.asgifake import FakeConnection
 
-HTTP_RESPONSE = {"websocket.http.response": {}}
-
-
-class FakeConnection:
-    """The server side of one ASGI connection: ``events`` in, everything sent recorded."""
-
-    def __init__(self, *events: dict[str, Any]) -> None:
-        self.events = list(events)
-        self.sent: list[dict[str, Any]] = []
-
-    async def receive(self) -> dict[str, Any]:
-        await trio.lowlevel.checkpoint()
-        if not self.events:
-            await trio.sleep_forever()
-        return self.events.pop(0)
-
-    async def send(self, message: dict[str, Any]) -> None:
-        await trio.lowlevel.checkpoint()
-        self.sent.append(message)
+HTTP_RESPONSE: dict[str, Any] = {"websocket.http.response": {}}
 
 
-def ws_scope(path: str, query: bytes = b"", extensions: dict[str, Any] | None = None) -> dict:
+def ws_scope(
+    path: str, query: bytes = b"", extensions: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "type": "websocket",
         "path": path,
