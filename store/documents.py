@@ -22,6 +22,7 @@ the caller opened; a kind, id or member that could not have been stored reads as
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from broker.errors import Conflict, InvalidInput
@@ -150,18 +151,28 @@ def set_size(txn: KvReader, kind: str, set_id: str) -> int:
 
 
 def append_audit(batch: Batch, op: AppendAudit) -> int:
-    if not op.events:
-        return 0
-    first = batch.alloc_audit(len(op.events))
-    now = batch.now
-    audit_key = k.audit_key
-    encode = v.encode_doc
-    items = [
-        (audit_key(now, counter), encode(event))
-        for counter, event in zip(range(first, first + len(op.events)), op.events, strict=True)
-    ]
-    batch.txn.put_sorted(Db.AUDIT, items)
-    return len(items)
+    (count,) = append_audits(batch, [op])
+    return count
+
+
+def append_audits(batch: Batch, ops: Sequence[AppendAudit]) -> list[int]:
+    """Append the events of ``ops``, in order, with ONE write; how many each op appended."""
+    counts = [len(op.events) for op in ops]
+    total = sum(counts)
+    if total:
+        first = batch.alloc_audit(total)
+        now = batch.now
+        audit_key = k.audit_key
+        encode = v.encode_doc
+        events = [event for op in ops for event in op.events]
+        batch.txn.put_sorted(
+            Db.AUDIT,
+            [
+                (audit_key(now, counter), encode(event))
+                for counter, event in zip(range(first, first + total), events, strict=True)
+            ],
+        )
+    return counts
 
 
 def _clamp(ms: int) -> int:

@@ -18,7 +18,7 @@ Opening a format-1 environment upgrades it to the current format in one write tr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Final, cast
 
 from broker.errors import BrokerError, InvalidInput, StoreError
 
@@ -131,6 +131,10 @@ def _dispatch(batch: Batch, op: Op) -> OpResult:
             raise InvalidInput(f"unknown operation {type(op).__name__}")
 
 
+#: Op types a run of publishes extends over (see KvStore.apply).
+_RUN: Final = (Publish, AppendAudit)
+
+
 class KvStore:
     """A :class:`~store.base.Store` over a key-value backend.
 
@@ -165,16 +169,37 @@ class KvStore:
             with self._kv.write() as txn:
                 batch = Batch(txn, now_ms)
                 results: list[OpResult] = []
+                # Audit appends read nothing the batch writes and nothing in a batch reads them,
+                # so they are written together at the end, in order (one write for all), and
+                # the publishes between them form one run (a stream frame is a publish + audit).
+                audits: list[AppendAudit] = []
+                audit_slots: list[int] = []
                 i, count = 0, len(ops)
                 while i < count:
                     op = ops[i]
+                    if type(op) is AppendAudit:
+                        audit_slots.append(len(results))
+                        audits.append(op)
+                        results.append(0)  # set below
+                        i += 1
+                        continue
                     if type(op) is Publish:  # a run of publishes: one call for all of them
-                        end = i + 1
-                        while end < count and type(ops[end]) is Publish:
-                            end += 1
-                        run = cast("Sequence[Publish]", ops[i:end])
-                        results += publish.publish_run(batch, run)
-                        i = end
+                        run: list[Publish] = []
+                        slots: list[int] = []
+                        while i < count and type(ops[i]) in _RUN:
+                            o = ops[i]
+                            if type(o) is Publish:
+                                slots.append(len(results))
+                                run.append(o)
+                            else:
+                                audit_slots.append(len(results))
+                                audits.append(cast("AppendAudit", o))
+                            results.append(0)  # set below
+                            i += 1
+                        for slot, outcome in zip(
+                            slots, publish.publish_run(batch, run), strict=True
+                        ):
+                            results[slot] = outcome
                         continue
                     batch.flush()  # later ops must see the buffered publishes
                     result: OpResult
@@ -186,6 +211,11 @@ class KvStore:
                         result = exc
                     results.append(result)
                     i += 1
+                if audits:
+                    for slot, n in zip(
+                        audit_slots, documents.append_audits(batch, audits), strict=True
+                    ):
+                        results[slot] = n
                 batch.finish()
         except StoreError:
             raise

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
-from storekit import dump, one, publish, published, setup
+from storekit import BACKENDS, dump, make_store, one, publish, published, setup
 
 from broker.errors import Conflict, InvalidInput, NotFound, StoreError
 from store import (
@@ -28,6 +28,7 @@ from store import (
     Lease,
     MailboxRecord,
     Nack,
+    Op,
     PublishResult,
     PutDoc,
     Replay,
@@ -858,3 +859,55 @@ def test_audit_retention(store: KvStore) -> None:
     bad = one(store, Sweep(audit_retention_ms=-1), 1_500)
     assert isinstance(bad, InvalidInput)
     assert bad.path == "$.audit_retention_ms"
+
+
+_BATCH_OPS = st.lists(
+    st.one_of(
+        st.builds(
+            lambda n, to: publish(n, *to),
+            st.integers(0, 5),  # few keys: duplicates within and across the batch
+            st.lists(st.sampled_from(["mb1", "mb2"]), max_size=2, unique=True),
+        ),
+        st.builds(
+            lambda events: AppendAudit(events=tuple(events)),
+            st.lists(st.binary(min_size=1, max_size=4), max_size=3),
+        ),
+        st.builds(
+            lambda mb, n: Lease(mailbox_id=mb, max=n, lease_ms=5_000),
+            st.sampled_from(["mb1", "mb2"]),
+            st.integers(1, 3),
+        ),
+    ),
+    max_size=12,
+)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=40, deadline=None)
+@given(ops=_BATCH_OPS)
+def test_one_batch_is_the_same_as_its_ops_one_by_one(
+    backend: str, ops: list[Op], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The batch's shortcuts (publish runs, audit appends written together at the end) change
+    nothing: the same results, in order, and the same bytes in every database."""
+    batched = make_store(backend, tmp_path_factory.mktemp("batched"))
+    single = make_store(backend, tmp_path_factory.mktemp("single"))
+    try:
+        for s in (batched, single):
+            setup(s)
+        together = batched.apply(ops, 2_000).results
+        apart = [single.apply([op], 2_000).results[0] for op in ops]
+        assert [_comparable(r) for r in together] == [_comparable(r) for r in apart]
+        assert dump(batched) == dump(single)
+        assert [e for _, e in batched.scan_audit(0, None, 100)] == [
+            e for op in ops if isinstance(op, AppendAudit) for e in op.events
+        ]
+    finally:
+        batched.close()
+        single.close()
+
+
+def _comparable(result: object) -> object:
+    if isinstance(result, Exception):
+        return (type(result).__name__, str(result))
+    return msgspec.to_builtins(result)
