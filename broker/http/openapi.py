@@ -103,7 +103,7 @@ def openapi_document() -> dict[str, Any]:
                 "202",
                 ref("PublishOut"),
                 body=envelope_body,
-                errors=("400", "401", "403", "413", "415", "503"),
+                errors=("400", "401", "403", "408", "413", "415", "503"),
             ),
         },
         "/v1/messages/batch": {
@@ -112,7 +112,7 @@ def openapi_document() -> dict[str, Any]:
                 "200",
                 ref("BatchOut"),
                 body=batch_body,
-                errors=("400", "401", "403", "413", "415", "503"),
+                errors=("400", "401", "403", "408", "413", "415", "503"),
             ),
         },
         "/v1/mailboxes": {
