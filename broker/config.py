@@ -8,11 +8,18 @@ from pathlib import Path
 
 from msgspec import Struct
 
-__all__ = ["BrokerConfig", "load_or_create_admin_token", "load_or_create_instance_id"]
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "BrokerConfig",
+    "load_or_create_admin_token",
+    "load_or_create_instance_id",
+]
 
 ADMIN_TOKEN_ENV = "DUESLAG_ADMIN_TOKEN"
 ADMIN_TOKEN_FILE = "admin-token"
 INSTANCE_ID_FILE = "instance-id"
+#: Default limit of a request body (``BrokerConfig.max_request_bytes``).
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
 class BrokerConfig(Struct, kw_only=True):
@@ -23,7 +30,7 @@ class BrokerConfig(Struct, kw_only=True):
     workers: int = 1
     admin_token: str | None = None  # None: DUESLAG_ADMIN_TOKEN, else the data dir's file
     dedup_window_s: int = 24 * 3600
-    max_request_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = MAX_REQUEST_BYTES
     writer_queue: int = 4096
     admission_timeout_s: float = 2.0
     sweep_interval_s: float = 1.0

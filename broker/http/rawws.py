@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl
 import trio
 from werkzeug.datastructures import Headers, MultiDict
 
+from broker.config import MAX_REQUEST_BYTES
 from broker.errors import BrokerError, NotFound
 from broker.http.common import error_response, internal_error_response, no_such_endpoint
 from broker.http.rawhttp import HttpHandler, RawRequest, RawResponse, serve_http
@@ -143,7 +144,7 @@ class FrontRouter:
         before: Callable[[], None] | None = None,
         *,
         http: dict[tuple[str, str], HttpHandler] | None = None,
-        limit: int = 64 * 1024 * 1024,
+        limit: int = MAX_REQUEST_BYTES,
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.app = app
