@@ -14,38 +14,30 @@ from broker.envelope import (
     UnikId,
 )
 from catalog.facts import _extract, extract_facts
+from tests.catalog.catalogkit import TYPE1, uid
 from tests.strategies import haendelsesbesked
-
-TYPE = "7654895c-a3f3-4c77-8afd-4c77330f963c"
-
-
-def _uid(text: str) -> UnikId:
-    if text.startswith("urn:"):
-        return UnikId(URNIdentifikator=text)
-    return UnikId(UUIDIdentifikator=text)
-
 
 # a small vocabulary, so that envelopes share (and nearly share) their facts
 _owner = st.none() | st.sampled_from(
     ["urn:oio:cvr-nr:29189889", "29189889", "urn:oio:cvr:55133018", "*", "urn:oio:cpr:1", "x"]
-).map(_uid)
-_emne = st.none() | st.sampled_from(["urn:oio:kle:27.24.00", "27.24", "urn:oio:kle:x"]).map(_uid)
+).map(uid)
+_emne = st.none() | st.sampled_from(["urn:oio:kle:27.24.00", "27.24", "urn:oio:kle:x"]).map(uid)
 _handling = st.none() | st.sampled_from(
     ["1c3a2f0e-5b6d-4e7f-8a9b-0c1d2e3f4a5b", "1C3A2F0E-5B6D-4E7F-8A9B-0C1D2E3F4A5B", "opret"]
-).map(_uid)
+).map(uid)
 _registrering = st.builds(
     ObjektRegistrering,
     ObjektAnsvarligMyndighed=_owner,
     OpgaveEmne=_emne,
     ObjektHandling=_handling,
-    ObjektId=st.sampled_from(["urn:oio:cpr:0101011234", "urn:oio:cpr:0202021234"]).map(_uid),
+    ObjektId=st.sampled_from(["urn:oio:cpr:0101011234", "urn:oio:cpr:0202021234"]).map(uid),
 )
 _tilladt = st.lists(
-    st.sampled_from(["urn:oio:cvr-nr:29189889", "*", "55133018", "nope"]).map(_uid), max_size=3
+    st.sampled_from(["urn:oio:cvr-nr:29189889", "*", "55133018", "nope"]).map(uid), max_size=3
 )
 _level = st.none() | st.sampled_from(
     ["e6d1e2b0-6a3f-4d4e-9d64-7b7a4c9b7b51", "E6D1E2B0-6A3F-4D4E-9D64-7B7A4C9B7B51", "z"]
-).map(_uid)
+).map(uid)
 
 
 @st.composite
@@ -55,7 +47,7 @@ def _envelope(draw: st.DrawFn) -> Haendelsesbesked:
         BeskedVersion="1",
         Beskedkuvert=Beskedkuvert(
             Filtreringsdata=Filtreringsdata(
-                Beskedtype=draw(st.sampled_from([TYPE, TYPE.upper(), "urn:x"]).map(_uid)),
+                Beskedtype=draw(st.sampled_from([TYPE1, TYPE1.upper(), "urn:x"]).map(uid)),
                 TilladtModtager=draw(_tilladt),
                 ObjektRegistrering=draw(st.lists(_registrering, max_size=3)),
             ),
