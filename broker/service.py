@@ -210,6 +210,11 @@ class Broker(Publishing, Receiving):
             self._systems[digest] = system
         return system
 
+    def system_of(self, authorization: str | None) -> SystemRecord:
+        """The system an ``Authorization`` header authenticates (401 without a valid token,
+        403 for a token that is not a system's)."""
+        return self.require_system(self.authenticate(authorization))
+
     @staticmethod
     def require_admin(principal: Principal) -> None:
         if principal != ADMIN:

@@ -19,7 +19,7 @@ from broker.errors import BrokerError, UnsupportedMediaType
 from broker.http.common import ErrorBody
 from broker.http.rawhttp import HttpHandler, RawRequest, RawResponse, json_answer
 from broker.service import Broker
-from store.base import PublishResult, SystemRecord
+from store.base import PublishResult
 
 __all__ = ["routes"]
 
@@ -52,11 +52,8 @@ def _out(result: PublishResult) -> PublishOut:
 def routes(broker: Broker) -> dict[tuple[str, str], HttpHandler]:
     """The send endpoints, served on raw ASGI (:mod:`broker.http.rawhttp` says why)."""
 
-    def sender_of(request: RawRequest) -> SystemRecord:
-        return broker.require_system(broker.authenticate(request.header(b"authorization")))
-
     async def post_message(request: RawRequest) -> RawResponse:
-        sender = sender_of(request)
+        sender = broker.system_of(request.header(b"authorization"))
         media = media_type(request.header(b"content-type"))
         if media not in SINGLE_MEDIA:
             raise UnsupportedMediaType(
@@ -74,7 +71,7 @@ def routes(broker: Broker) -> dict[tuple[str, str], HttpHandler]:
         return json_answer(_out(result), 202)
 
     async def post_batch(request: RawRequest) -> RawResponse:
-        sender = sender_of(request)
+        sender = broker.system_of(request.header(b"authorization"))
         media = media_type(request.header(b"content-type"))
         data = await request.body()
         raw_items = split_batch(data, media)
