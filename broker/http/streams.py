@@ -27,11 +27,10 @@ from typing import Any
 import msgspec
 import trio
 from msgspec import UNSET, Struct, UnsetType
-from werkzeug.datastructures import MultiDict
 
 from broker.envelope import Haendelsesbesked
-from broker.errors import BrokerError, InvalidInput, Overloaded
-from broker.http.common import ErrorBody
+from broker.errors import BrokerError, Overloaded
+from broker.http.common import ErrorBody, query_number
 from broker.http.mailboxes import DeliveryIds
 from broker.http.messages import BatchItem
 from broker.http.rawws import StreamHandler, StreamSocket
@@ -129,24 +128,6 @@ def _text(body: Any) -> str:
     return _encoder.encode(body).decode()
 
 
-def _query_number(
-    args: MultiDict[str, str], name: str, default: float, *, lo: float, hi: float, integer: bool
-) -> float:
-    raw = args.get(name)
-    if raw is None or raw == "":
-        return default
-    kind = "an integer" if integer else "a number"
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        raise InvalidInput(f"query parameter {name} must be {kind}", path=f"query.{name}") from None
-    if not lo <= value <= hi:
-        raise InvalidInput(
-            f"query parameter {name} must be between {lo:g} and {hi:g}", path=f"query.{name}"
-        )
-    return value
-
-
 # ---------------------------------------------------------------------------- a stream
 
 
@@ -234,7 +215,7 @@ def routes(broker: Broker) -> dict[str, StreamHandler]:
         refuse_when_closing()
         sender = broker.system_of(ws.headers.get("Authorization"))
         window = int(
-            _query_number(ws.args, "window", DEFAULT_WINDOW, lo=1, hi=MAX_WINDOW, integer=True)
+            query_number(ws.args, "window", DEFAULT_WINDOW, lo=1, hi=MAX_WINDOW, integer=True)
         )
         await ws.accept()
         stream = PublishStream(broker, ws, sender, window)
@@ -245,7 +226,7 @@ def routes(broker: Broker) -> dict[str, StreamHandler]:
         refuse_when_closing()
         owner = broker.system_of(ws.headers.get("Authorization"))
         mb = broker.mailbox_of(owner, params["mailbox_id"])
-        lease = _query_number(
+        lease = query_number(
             ws.args, "lease", cfg.default_lease_s, lo=1.0, hi=cfg.max_lease_s, integer=False
         )
         await ws.accept()
