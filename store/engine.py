@@ -131,7 +131,7 @@ def _dispatch(batch: Batch, op: Op) -> OpResult:
             raise InvalidInput(f"unknown operation {type(op).__name__}")
 
 
-#: Op types a run of publishes extends over (see KvStore.apply).
+#: Op types one run of publishes is taken over (see KvStore.apply).
 _RUN: Final = (Publish, AppendAudit)
 
 
@@ -177,13 +177,7 @@ class KvStore:
                 i, count = 0, len(ops)
                 while i < count:
                     op = ops[i]
-                    if type(op) is AppendAudit:
-                        audit_slots.append(len(results))
-                        audits.append(op)
-                        results.append(0)  # set below
-                        i += 1
-                        continue
-                    if type(op) is Publish:  # a run of publishes: one call for all of them
+                    if type(op) in _RUN:  # publishes and audit appends: one call for the run
                         run: list[Publish] = []
                         slots: list[int] = []
                         while i < count and type(ops[i]) in _RUN:
@@ -196,10 +190,11 @@ class KvStore:
                                 audits.append(cast("AppendAudit", o))
                             results.append(0)  # set below
                             i += 1
-                        for slot, outcome in zip(
-                            slots, publish.publish_run(batch, run), strict=True
-                        ):
-                            results[slot] = outcome
+                        if run:
+                            for slot, outcome in zip(
+                                slots, publish.publish_run(batch, run), strict=True
+                            ):
+                                results[slot] = outcome
                         continue
                     batch.flush()  # later ops must see the buffered publishes
                     result: OpResult
