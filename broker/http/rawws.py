@@ -156,14 +156,22 @@ class FrontRouter:
                 self.http.setdefault(("HEAD", path), handler)
         self.limit = limit
         self.headers = list(headers or [])
-        self._allowed: dict[str, list[str]] = {}  # raw path -> its methods (for the 405)
+        methods: dict[str, list[str]] = {}
         for method, path in sorted(self.http):
-            self._allowed.setdefault(path, []).append(method)
+            methods.setdefault(path, []).append(method)
+        # raw path -> the headers of its 405 (Quart's answer to another method)
+        self._allow_headers = {
+            path: [*self.headers, (b"allow", ", ".join(m).encode())] for path, m in methods.items()
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            handler = self.http.get((scope["method"], scope["path"]))
+            path = scope["path"]
+            handler = self.http.get((scope["method"], path))
+            headers = self.headers
+            if handler is None and path in self._allow_headers:
+                handler, headers = _not_allowed, self._allow_headers[path]
             if handler is not None:
                 await serve_http(
                     handler,
@@ -172,20 +180,7 @@ class FrontRouter:
                     send,
                     limit=self.limit,
                     before=self.before,
-                    headers=self.headers,
-                )
-                return
-            allowed = self._allowed.get(scope["path"])
-            if allowed is not None:  # a raw path, another method: 405, as Quart answers
-                allow = (b"allow", ", ".join(allowed).encode())
-                await serve_http(
-                    _not_allowed,
-                    scope,
-                    receive,
-                    send,
-                    limit=self.limit,
-                    before=self.before,
-                    headers=[*self.headers, allow],
+                    headers=headers,
                 )
                 return
         elif kind == "websocket":
