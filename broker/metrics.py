@@ -39,6 +39,11 @@ class Metrics:
         self.leased = Counter(
             "dueslag_deliveries_leased", "Deliveries handed to receivers", registry=r
         )
+        self.leased_on_commit = Counter(
+            "dueslag_standing_leases_served",
+            "Standing leases of waiting receivers served in the commit that published to them",
+            registry=r,
+        )
         self.acked = Counter("dueslag_deliveries_acked", "Deliveries acknowledged", registry=r)
         self.nacked = Counter(
             "dueslag_deliveries_nacked", "Deliveries negatively acknowledged", registry=r

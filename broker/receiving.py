@@ -6,6 +6,7 @@ request, queued for the next group commit without waiting for it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import trio
@@ -18,6 +19,7 @@ from broker.index import SubscriptionIndex
 from broker.metrics import Metrics
 from broker.notifier import Notifier
 from broker.registry import Registry
+from broker.standing import StandingLease
 from broker.writer import Writer
 from catalog.audit import AuditEvent
 from store.base import (
@@ -58,23 +60,64 @@ class Receiving:
     async def poll(
         self, mb: MailboxRecord, *, max: int, wait_s: float, lease_s: float
     ) -> list[Delivery]:
-        """Lease up to ``max`` deliveries, long-polling up to ``wait_s`` for the first one."""
+        """Lease up to ``max`` deliveries, long-polling up to ``wait_s`` for the first one.
+
+        While it waits, its lease stands (:mod:`broker.standing`): the commit that publishes to
+        the mailbox leases for it (see :meth:`wait_leased`).
+        """
         deadline = trio.current_time() + wait_s
+        lease = Lease(mailbox_id=mb.id, max=max, lease_ms=int(lease_s * 1000))
         while True:
             generation = self.notifier.generation(mb.id)
             if self.store.mailbox_stats(mb.id).ready:
-                lease = Lease(mailbox_id=mb.id, max=max, lease_ms=int(lease_s * 1000))
                 got = await self.writer.submit_one(lease)
                 assert isinstance(got, list)
                 if got:
-                    self.metrics.leased.inc(len(got))
-                    await self._audit_deliveries(
-                        mb, "delivery.leased", [d.delivery_id for d in got]
-                    )
-                    return got
+                    return await self.leased(mb, got)
             if trio.current_time() >= deadline:
                 return []
+            got = await self.wait_leased(mb, lease, generation, deadline)
+            if got:
+                return got
+
+    async def wait_leased(
+        self, mb: MailboxRecord, lease: Lease, generation: int, deadline: float
+    ) -> list[Delivery]:
+        """Wait until the mailbox's generation moves past ``generation`` (or ``deadline``) with
+        ``lease`` standing; what the commit that took it leased (counted and audited), or
+        nothing (then lease anew). Cancelled while that commit runs, its deliveries stay
+        leased until the lease expires, and are delivered again then."""
+        standing = self.writer.stand(lease)
+        try:
             await self.notifier.wait_ready(mb.id, generation, deadline)
+        except BaseException:  # cancelled: withdraw it, or see the commit that took it through
+            with contextlib.suppress(BrokerError):
+                await self.standing_result(standing)
+            raise
+        got = await self.standing_result(standing)
+        return await self.leased(mb, got) if got else got
+
+    async def standing_result(self, standing: StandingLease) -> list[Delivery]:
+        """What a standing lease leased, after its receiver's wait: nothing if it could be
+        withdrawn, else the result of the commit that took it (waited for, even when
+        cancelled: that commit cannot be stopped).
+
+        Error handling:
+            Raises the batch's :class:`StoreError` or the op's refusal (mailbox gone).
+        """
+        if self.writer.withdraw(standing):
+            return []
+        with trio.CancelScope(shield=True):
+            await standing.done.wait()
+        if standing.error is not None:
+            raise standing.error
+        return standing.results
+
+    async def leased(self, mb: MailboxRecord, got: list[Delivery]) -> list[Delivery]:
+        """Count and audit deliveries just leased to ``mb``'s receiver; returns them."""
+        self.metrics.leased.inc(len(got))
+        await self._audit_deliveries(mb, "delivery.leased", [d.delivery_id for d in got])
+        return got
 
     def render(self, delivery: Delivery) -> bytes:
         return render_delivery(delivery, instance_id=self.instance_id, now_ms=self.clock())

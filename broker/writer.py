@@ -17,6 +17,10 @@ The thread lives exactly as long as :meth:`Writer.run` (it runs inside one
 ``trio.to_thread.run_sync`` call of a child task; no detached threads): cancelling ``run`` asks
 it to stop after the batch in hand, and jobs still queued then fail with ``shutting_down``.
 
+Standing leases (:mod:`broker.standing`): a receiver waiting on an empty mailbox files its lease
+op with :meth:`Writer.stand`; the commit thread adds it to the first batch that publishes to that
+mailbox, so one transaction stores and leases the delivery.
+
 Back-pressure: at most ``queue_size`` jobs wait for the thread. ``submit`` waits at most
 ``admission_timeout`` seconds for room, then raises :class:`~broker.errors.Overloaded` (HTTP 503
 with Retry-After); memory never grows with load.
@@ -40,7 +44,8 @@ from msgspec import Struct
 from broker.errors import BrokerError, Overloaded, StoreError
 from broker.metrics import Metrics
 from broker.notifier import Notifier
-from store.base import ApplyOutcome, Op, OpResult, Store
+from broker.standing import StandingLease, StandingLeases
+from store.base import ApplyOutcome, Lease, Op, OpResult, Store
 
 __all__ = ["Writer", "WriterStats", "wall_ms"]
 
@@ -83,6 +88,7 @@ class WriterStats(Struct, frozen=True, kw_only=True):
     batches: int
     ops: int
     failed_batches: int
+    standing_leases: int = 0  # filed by waiting receivers, not yet taken by a batch
 
 
 class Writer:
@@ -118,6 +124,25 @@ class Writer:
         self._ops = 0
         self._failed = 0
         self._closed = False
+        self._standing = StandingLeases()
+
+    def stand(self, op: Lease) -> StandingLease:
+        """File ``op`` for the next batch that publishes to its mailbox (:mod:`broker.standing`).
+
+        The caller then waits on the notifier for the mailbox, and afterwards calls
+        :meth:`withdraw`; when that returns False a batch took the lease, and the caller
+        awaits its ``done`` (the commit cannot be cancelled).
+
+        Error handling:
+            Raises ``Overloaded(code="shutting_down")`` once the writer stopped.
+        """
+        if self._closed:
+            raise Overloaded("the broker is shutting down", code="shutting_down", retry_after=5)
+        return self._standing.file(op)
+
+    def withdraw(self, lease: StandingLease) -> bool:
+        """Take back a standing lease; False once a batch has taken it (await ``lease.done``)."""
+        return self._standing.withdraw(lease)
 
     async def submit(self, ops: Sequence[Op]) -> list[OpResult]:
         """Apply ``ops`` in the next group commit and return their results once durable.
@@ -227,6 +252,9 @@ class Writer:
                     n += len(jobs[-1].ops)
             token.run_sync_soon(self._release, len(jobs))  # their room is free again
             ops = [op for job in jobs for op in job.ops]
+            leases = self._standing.take(job.ops for job in jobs) if self._standing else []
+            if leases:  # after the publishes: the same transaction leases what they stored
+                ops.extend(lease.op for lease in leases)
             started = time.perf_counter()
             outcome: ApplyOutcome | StoreError
             try:
@@ -235,28 +263,44 @@ class Writer:
                 outcome = exc
             except Exception as exc:  # a bug in the store must not kill the writer silently
                 outcome = StoreError(f"store failed to apply a batch: {exc!r}")
-            token.run_sync_soon(self._settle, jobs, ops, outcome, time.perf_counter() - started)
+            token.run_sync_soon(
+                self._settle, jobs, leases, ops, outcome, time.perf_counter() - started
+            )
 
     def _release(self, n: int) -> None:
         for _ in range(n):
             self._room.release()
 
     def _settle(
-        self, jobs: list[_Job], ops: list[Op], outcome: ApplyOutcome | StoreError, seconds: float
+        self,
+        jobs: list[_Job],
+        leases: list[StandingLease],
+        ops: list[Op],
+        outcome: ApplyOutcome | StoreError,
+        seconds: float,
     ) -> None:
         """In the event loop: answer the jobs of one batch (after its commit). A callback of
         ``run_sync_soon`` must not raise (trio would abort the run), hence the guard."""
         try:
-            self._answer(jobs, ops, outcome, seconds)
+            self._answer(jobs, leases, ops, outcome, seconds)
         except Exception:  # pragma: no cover - a bug; the jobs' waiters would hang otherwise
             log.exception("settling a committed batch failed")
+            err = StoreError("internal error while answering a committed batch")
             for job in jobs:
                 if not job.done.is_set():
-                    job.error = StoreError("internal error while answering a committed batch")
+                    job.error = err
                     job.settle()
+            for lease in leases:
+                if not lease.done.is_set():
+                    lease.answer(err)
 
     def _answer(
-        self, jobs: list[_Job], ops: list[Op], outcome: ApplyOutcome | StoreError, seconds: float
+        self,
+        jobs: list[_Job],
+        leases: list[StandingLease],
+        ops: list[Op],
+        outcome: ApplyOutcome | StoreError,
+        seconds: float,
     ) -> None:
         self._batches += 1
         if isinstance(outcome, StoreError):
@@ -264,6 +308,8 @@ class Writer:
             for job in jobs:
                 job.error = outcome
                 job.settle()
+            for lease in leases:
+                lease.answer(outcome)
             return
         if self._metrics:
             self._metrics.commit_seconds.observe(seconds)
@@ -280,8 +326,17 @@ class Writer:
             i += k
             job.settle()
         self._ops += i
-        if outcome.ready:
-            self._notifier.notify(outcome.ready)
+        # a served lease's receiver waits on the notifier: wake it after its lease is answered
+        # (its mailbox is usually in outcome.ready already: the batch published to it)
+        woken = [
+            lease.op.mailbox_id
+            for lease, result in zip(leases, outcome.results[i:], strict=True)
+            if lease.answer(result)
+        ]
+        if woken and self._metrics:
+            self._metrics.leased_on_commit.inc(len(woken))
+        if outcome.ready or woken:
+            self._notifier.notify({*outcome.ready, *woken} if woken else outcome.ready)
 
     def _fail_queued(self) -> None:
         err = Overloaded("the broker is shutting down", code="shutting_down", retry_after=5)
@@ -291,6 +346,7 @@ class Writer:
         for job in jobs:
             job.error = err
             job.settle()
+        self._standing.fail_all(err)
 
     def statistics(self) -> WriterStats:
         return WriterStats(
@@ -298,6 +354,7 @@ class Writer:
             batches=self._batches,
             ops=self._ops,
             failed_batches=self._failed,
+            standing_leases=len(self._standing),
         )
 
     def __repr__(self) -> str:

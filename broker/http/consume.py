@@ -27,7 +27,7 @@ from broker.http.streams import DRAIN_TIMEOUT_S, ConsumeIn, ErrorOut, _error_bod
 from broker.service import Broker
 from broker.streamhub import Credit
 from broker.streaming import GOING_AWAY, MAX_FRAME_BYTES
-from store.base import MailboxRecord
+from store.base import Lease, MailboxRecord
 
 __all__ = ["SETTLE_QUEUE", "ConsumeStream"]
 
@@ -120,6 +120,7 @@ class ConsumeStream(_Stream):
     async def _deliverer(self) -> None:
         broker, mb, credit = self.broker, self.mailbox, self.credit
         notifier = broker.notifier
+        lease_ms = int(self.lease_s * 1000)
         while not self._stopped:
             with self._until_stopped():
                 while credit.available == 0:
@@ -130,10 +131,17 @@ class ConsumeStream(_Stream):
             n = min(credit.available, broker.config.max_poll)
             # A lease that started is committed anyway (the writer's thread call cannot be
             # cancelled), so finish it and send what it leased rather than strand it until
-            # the lease expires; a stop only ends the waits.
+            # the lease expires; a stop only ends the waits (a stop in the moment a commit
+            # serves the standing lease leaves that lease to expire: Receiving.wait_leased).
             try:
                 with trio.CancelScope(shield=True):
                     got = await broker.poll(mb, max=n, wait_s=0, lease_s=self.lease_s)
+                if not got:
+                    # nothing ready: wait with a standing lease, so that the commit that
+                    # publishes to the mailbox leases for this stream (broker.standing)
+                    with self._until_stopped():
+                        lease = Lease(mb.id, n, lease_ms)
+                        got = await broker.wait_leased(mb, lease, generation, math.inf)
             except BrokerError as err:  # overloaded, store error, shutting down
                 await self.ws.send(_text(ErrorOut(_error_body(err))))
                 if err.code == "shutting_down":
@@ -147,9 +155,6 @@ class ConsumeStream(_Stream):
                 now = broker.clock()
                 out = deliveries_out(got, instance_id=broker.instance_id, now_ms=now)
                 await self.ws.send(_text(PollOut(out)))
-            else:
-                with self._until_stopped():
-                    await notifier.wait_ready(mb.id, generation, math.inf)
 
     async def _settler(self, queue: trio.MemoryReceiveChannel[_Settle]) -> None:
         async with queue:
