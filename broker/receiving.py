@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import trio
 
@@ -81,15 +82,26 @@ class Receiving:
                 return got
 
     async def wait_leased(
-        self, mb: MailboxRecord, lease: Lease, generation: int, deadline: float
+        self,
+        mb: MailboxRecord,
+        lease: Lease,
+        generation: int,
+        deadline: float,
+        until: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> list[Delivery]:
         """Wait until the mailbox's generation moves past ``generation`` (or ``deadline``) with
         ``lease`` standing; what the commit that took it leased (counted and audited), or
-        nothing (then lease anew). Cancelled while that commit runs, its deliveries stay
-        leased until the lease expires, and are delivered again then."""
+        nothing (then lease anew).
+
+        ``until()`` wraps the wait: a consume stream passes its stop scope, so that a stop
+        ends the wait like a wake-up and what a commit leased for the stream in that moment
+        is still returned (to be sent). Cancelled otherwise while that commit runs, its
+        deliveries stay leased until the lease expires, and are delivered again then.
+        """
         standing = self.writer.stand(lease)
         try:
-            await self.notifier.wait_ready(mb.id, generation, deadline)
+            with until():
+                await self.notifier.wait_ready(mb.id, generation, deadline)
         except BaseException:  # cancelled: withdraw it, or see the commit that took it through
             with contextlib.suppress(BrokerError):
                 await self.standing_result(standing)

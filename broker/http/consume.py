@@ -131,17 +131,17 @@ class ConsumeStream(_Stream):
             n = min(credit.available, broker.config.max_poll)
             # A lease that started is committed anyway (the writer's thread call cannot be
             # cancelled), so finish it and send what it leased rather than strand it until
-            # the lease expires; a stop only ends the waits (a stop in the moment a commit
-            # serves the standing lease leaves that lease to expire: Receiving.wait_leased).
+            # the lease expires; a stop only ends the waits.
             try:
                 with trio.CancelScope(shield=True):
                     got = await broker.poll(mb, max=n, wait_s=0, lease_s=self.lease_s)
                 if not got:
                     # nothing ready: wait with a standing lease, so that the commit that
                     # publishes to the mailbox leases for this stream (broker.standing)
-                    with self._until_stopped():
-                        lease = Lease(mb.id, n, lease_ms)
-                        got = await broker.wait_leased(mb, lease, generation, math.inf)
+                    lease = Lease(mb.id, n, lease_ms)
+                    got = await broker.wait_leased(
+                        mb, lease, generation, math.inf, until=self._until_stopped
+                    )
             except BrokerError as err:  # overloaded, store error, shutting down
                 await self.ws.send(_text(ErrorOut(_error_body(err))))
                 if err.code == "shutting_down":
