@@ -21,6 +21,11 @@ Standing leases (:mod:`broker.standing`): a receiver waiting on an empty mailbox
 op with :meth:`Writer.stand`; the commit thread adds it to the first batch that publishes to that
 mailbox, so one transaction stores and leases the delivery.
 
+Deferred ops (:meth:`Writer.defer`): the audit lines of leases and acks, which are written after
+the operation they record has committed, ride with the next batch instead of making a commit of
+their own; when nothing else comes, the thread commits them alone after ``defer_linger``
+seconds. At a few hundred deliveries a second that halves the number of commits.
+
 Back-pressure: at most ``queue_size`` jobs wait for the thread. ``submit`` waits at most
 ``admission_timeout`` seconds for room, then raises :class:`~broker.errors.Overloaded` (HTTP 503
 with Retry-After); memory never grows with load.
@@ -52,6 +57,10 @@ __all__ = ["Writer", "WriterStats", "wall_ms"]
 QUEUE_SIZE = 4096
 MAX_BATCH_OPS = 20_000
 ADMISSION_TIMEOUT = 2.0
+#: Seconds a deferred op waits for a batch to ride with before it is committed alone.
+DEFER_LINGER_S = 0.025
+#: Deferred ops waiting at most (as the job queue, memory does not grow with load).
+MAX_DEFERRED = 4096
 
 log = logging.getLogger("dueslag.writer")
 
@@ -105,6 +114,8 @@ class Writer:
         admission_timeout: float = ADMISSION_TIMEOUT,
         clock: Callable[[], int] = wall_ms,
         on_commit: Callable[[Sequence[Op], ApplyOutcome], None] | None = None,
+        defer_linger: float = DEFER_LINGER_S,
+        max_deferred: int = MAX_DEFERRED,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be >= 1")
@@ -125,6 +136,9 @@ class Writer:
         self._failed = 0
         self._closed = False
         self._standing = StandingLeases()
+        self._deferred: list[Op] = []  # guarded by _cond
+        self._defer_linger = defer_linger
+        self._max_deferred = max_deferred
 
     def stand(self, op: Lease) -> StandingLease:
         """File ``op`` for the next batch that publishes to its mailbox (:mod:`broker.standing`).
@@ -143,6 +157,25 @@ class Writer:
     def withdraw(self, lease: StandingLease) -> bool:
         """Take back a standing lease; False once a batch has taken it (await ``lease.done``)."""
         return self._standing.withdraw(lease)
+
+    def defer(self, ops: Sequence[Op]) -> None:
+        """Add ``ops`` to the next batch, without a job, a wait or a result: they ride with
+        whatever commits next, or are committed alone after ``defer_linger`` seconds (and
+        before the writer stops). For the audit lines of operations that have committed: a
+        crash loses at most the lines of the last ``defer_linger`` seconds.
+
+        Error handling:
+            Raises :class:`Overloaded` when ``max_deferred`` ops wait already, or with
+            ``shutting_down`` once the writer stopped; nothing was added then.
+        """
+        if self._closed:
+            raise Overloaded("the broker is shutting down", code="shutting_down", retry_after=5)
+        with self._cond:
+            if len(self._deferred) + len(ops) > self._max_deferred:
+                raise Overloaded(f"{self._max_deferred} deferred writes waiting", retry_after=1)
+            if not self._deferred:
+                self._cond.notify()  # an idle thread starts its linger
+            self._deferred.extend(ops)
 
     async def submit(self, ops: Sequence[Op]) -> list[OpResult]:
         """Apply ``ops`` in the next group commit and return their results once durable.
@@ -241,17 +274,20 @@ class Writer:
         token = self._token
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
+                self._wait_for_work()
+                stopping = self._stopping
+                if stopping and not self._deferred:
                     return
-                jobs = [self._queue.popleft()]
-                n = len(jobs[0].ops)
-                while self._queue and n < self._max_batch_ops:
+                jobs: list[_Job] = []
+                n = 0
+                while self._queue and n < self._max_batch_ops and not stopping:
                     jobs.append(self._queue.popleft())
                     n += len(jobs[-1].ops)
-            token.run_sync_soon(self._release, len(jobs))  # their room is free again
+                deferred, self._deferred = self._deferred, []
+            if jobs:
+                token.run_sync_soon(self._release, len(jobs))  # their room is free again
             ops = [op for job in jobs for op in job.ops]
+            ops.extend(deferred)
             leases = self._standing.take(job.ops for job in jobs) if self._standing else []
             if leases:  # after the publishes: the same transaction leases what they stored
                 ops.extend(lease.op for lease in leases)
@@ -266,6 +302,24 @@ class Writer:
             token.run_sync_soon(
                 self._settle, jobs, leases, ops, outcome, time.perf_counter() - started
             )
+            if stopping:  # the last deferred ops are written; the queued jobs are refused
+                return
+
+    def _wait_for_work(self) -> None:
+        """(Holding ``_cond``.) Until a job is queued, the writer stops, or deferred ops have
+        waited ``defer_linger`` seconds for company."""
+        linger_until: float | None = None
+        while not self._queue and not self._stopping:
+            if not self._deferred:
+                linger_until = None
+                self._cond.wait()
+                continue
+            now = time.monotonic()
+            if linger_until is None:
+                linger_until = now + self._defer_linger
+            elif now >= linger_until:
+                return
+            self._cond.wait(linger_until - now)
 
     def _release(self, n: int) -> None:
         for _ in range(n):
@@ -328,9 +382,10 @@ class Writer:
         self._ops += i
         # a served lease's receiver waits on the notifier: wake it after its lease is answered
         # (its mailbox is usually in outcome.ready already: the batch published to it)
+        first = len(ops) - len(leases)  # the deferred ops' results between: nobody waits
         woken = [
             lease.op.mailbox_id
-            for lease, result in zip(leases, outcome.results[i:], strict=True)
+            for lease, result in zip(leases, outcome.results[first:], strict=True)
             if lease.answer(result)
         ]
         if woken and self._metrics:

@@ -15,6 +15,7 @@ from broker.sweeper import Sweeper
 from broker.writer import Writer
 from store import MemoryStore
 from store.base import (
+    AppendAudit,
     ApplyOutcome,
     CreateMailbox,
     CreateSubscription,
@@ -243,3 +244,58 @@ async def test_sweeper_expires_leases_on_its_timer() -> None:
         n.cancel_scope.cancel()
     st = store.mailbox_stats("mb")
     assert (st.ready, st.in_flight) == (1, 0)
+
+
+# ---------------------------------------------------------------- deferred ops (audit lines)
+
+
+def _audit_line(text: str) -> AppendAudit:
+    return AppendAudit(events=(text.encode(),))
+
+
+def _audit_texts(store: MemoryStore) -> list[bytes]:
+    return [raw for _, raw in store.scan_audit(0, None, 100)]
+
+
+async def test_deferred_ops_ride_with_the_next_batch() -> None:
+    store = CountingStore()
+    _setup(store)
+    writer = Writer(store, Notifier(), clock=FakeClock(), defer_linger=10.0)
+    async with trio.open_nursery() as n:
+        await n.start(writer.run)
+        writer.defer([_audit_line("a"), _audit_line("b")])
+        (result,) = await writer.submit([_publish(1)])  # gets its own result, not theirs
+        assert isinstance(result, PublishResult)
+        n.cancel_scope.cancel()
+    assert store.batches == [3]  # no commit of their own
+    assert _audit_texts(store) == [b"a", b"b"]
+
+
+async def test_deferred_ops_alone_are_committed_after_the_linger() -> None:
+    store = CountingStore()
+    writer = Writer(store, Notifier(), clock=FakeClock(), defer_linger=0.05)
+    async with trio.open_nursery() as n:
+        await n.start(writer.run)
+        writer.defer([_audit_line("x")])
+        with trio.fail_after(10):
+            while not store.batches:
+                await trio.sleep(0.01)
+        n.cancel_scope.cancel()
+    assert store.batches == [1] and _audit_texts(store) == [b"x"]
+
+
+async def test_deferred_ops_are_bounded_and_written_before_the_writer_stops() -> None:
+    store = CountingStore()
+    writer = Writer(store, Notifier(), clock=FakeClock(), defer_linger=3600, max_deferred=2)
+    async with trio.open_nursery() as n:
+        await n.start(writer.run)
+        writer.defer([_audit_line("1"), _audit_line("2")])
+        with pytest.raises(Overloaded):
+            writer.defer([_audit_line("3")])
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.batches == []  # still lingering
+        n.cancel_scope.cancel()
+    assert _audit_texts(store) == [b"1", b"2"]  # the stop wrote them
+    with pytest.raises(Overloaded) as exc:
+        writer.defer([_audit_line("4")])
+    assert exc.value.code == "shutting_down"
