@@ -9,12 +9,14 @@ import json
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.errors import InvalidInput, StoreError
 from broker.metrics import Metrics
 from broker.notifier import Notifier
 from broker.server import ServerInfo
-from broker.standing import StandingLeases
+from broker.standing import StandingLease, StandingLeases
 from broker.writer import Writer
 from store import MemoryStore
 from store.base import CreateMailbox, Delivery, Lease, Publish, Route
@@ -215,3 +217,69 @@ async def test_a_waiting_consume_stream_is_served_by_the_publishing_commit(
             assert (stats["in_flight"], stats["ready"]) == (3, 1)
         while writer.statistics().standing_leases:  # the closed stream's lease is withdrawn
             await trio.sleep(0.01)
+
+
+# ------------------------------------------------------------------ property
+
+
+_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), st.sampled_from(["mb", "other"]), st.integers(1, 3)),
+        st.tuples(st.just("stand"), st.sampled_from(["mb", "other"]), st.integers(1, 4)),
+        st.tuples(st.just("withdraw"), st.integers(0, 20)),
+        st.tuples(st.just("lease"), st.sampled_from(["mb", "other"]), st.integers(1, 4)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_steps)
+def test_every_delivery_is_handed_out_once(steps: list[tuple[object, ...]]) -> None:
+    """Whatever mix of publishes, plain leases and standing leases filed or withdrawn: no
+    delivery is leased twice, each standing lease gets at most its ``max`` of its own mailbox,
+    a withdrawn one gets nothing, and the store's counts agree with what was handed out."""
+    store = MemoryStore()
+    _setup(store)
+    MemoryStore.apply(store, [CreateMailbox(id="other", owner="sys", name="o")], 0)
+    filed: list[StandingLease] = []
+    withdrawn: list[StandingLease] = []
+    handed: list[tuple[str, int]] = []
+    published = dict.fromkeys(["mb", "other"], 0)
+
+    async def run() -> None:
+        writer = Writer(store, Notifier(), clock=FakeClock())
+        async with trio.open_nursery() as n:
+            await n.start(writer.run)
+            for i, step in enumerate(steps):
+                if step[0] == "publish":
+                    _, mailbox, count = step
+                    await writer.submit([_to(str(mailbox), i) for _ in range(int(count))])  # type: ignore[call-overload]
+                    published[str(mailbox)] += int(count)  # type: ignore[call-overload]
+                elif step[0] == "stand":
+                    filed.append(writer.stand(_lease(str(step[1]), int(step[2]))))  # type: ignore[call-overload]
+                elif step[0] == "withdraw":
+                    if filed:
+                        lease = filed[int(step[1]) % len(filed)]  # type: ignore[call-overload]
+                        if writer.withdraw(lease):
+                            withdrawn.append(lease)
+                else:
+                    got = await writer.submit_one(_lease(str(step[1]), int(step[2])))  # type: ignore[call-overload]
+                    assert isinstance(got, list)
+                    handed.extend((str(step[1]), d.seq) for d in got)
+            n.cancel_scope.cancel()
+
+    trio.run(run)
+    for lease in filed:
+        if lease in withdrawn:
+            assert not lease.done.is_set() and lease.results == []
+            continue
+        assert lease.done.is_set()  # served, or failed when the writer stopped
+        assert len(lease.results) <= lease.op.max
+        handed.extend((lease.op.mailbox_id, d.seq) for d in lease.results)
+    assert len(handed) == len(set(handed))  # nothing handed out twice
+    for mailbox, count in published.items():
+        stats = store.mailbox_stats(mailbox)
+        mine = sum(1 for m, _ in handed if m == mailbox)
+        assert stats.in_flight == mine
+        assert stats.ready + stats.in_flight == count
