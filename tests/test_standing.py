@@ -144,6 +144,12 @@ async def test_stopping_the_writer_fails_standing_leases() -> None:
 # ------------------------------------------------------------------ real server
 
 
+async def _receiver(admin: Api, server: ServerInfo) -> tuple[Api, str, Writer]:
+    """A system with a mailbox subscribed to TYPE1 (it sends to itself), and the writer."""
+    sys = await admin.system()
+    return sys, await sys.mailbox(TYPE1), server.broker.writer
+
+
 async def _served(api: Api) -> float:
     text = (await api.call("GET", "/metrics", expect=200)).text
     (line,) = [x for x in text.splitlines() if x.startswith("dueslag_standing_leases_served_total")]
@@ -154,9 +160,7 @@ async def test_a_long_poll_is_served_by_the_publishing_commit(
     admin: Api, server: ServerInfo
 ) -> None:
     with trio.fail_after(30):
-        sys = await admin.system()
-        mb = await sys.mailbox(TYPE1)
-        writer = server.broker.writer
+        sys, mb, writer = await _receiver(admin, server)
         got: list[dict[str, object]] = []
 
         async def long_poll() -> None:
@@ -180,9 +184,7 @@ async def test_a_long_poll_is_served_by_the_publishing_commit(
 
 async def test_a_dropped_long_poll_takes_its_lease_back(admin: Api, server: ServerInfo) -> None:
     with trio.fail_after(30):
-        sys = await admin.system()
-        mb = await sys.mailbox(TYPE1)
-        writer = server.broker.writer
+        sys, mb, writer = await _receiver(admin, server)
         with trio.move_on_after(0.5):
             await sys.poll(mb, wait=20)
         while writer.statistics().standing_leases:  # the server sees the client go
@@ -196,9 +198,7 @@ async def test_a_waiting_consume_stream_is_served_by_the_publishing_commit(
     admin: Api, server: ServerInfo
 ) -> None:
     with trio.fail_after(30):
-        sys = await admin.system()
-        mb = await sys.mailbox(TYPE1)
-        writer = server.broker.writer
+        sys, mb, writer = await _receiver(admin, server)
         async with connect(server, f"/v1/stream/mailboxes/{mb}/consume", sys) as ws:
             await ws.send_message(json.dumps({"credit": 3}))
             while writer.statistics().standing_leases == 0:
