@@ -13,8 +13,9 @@ What it does:
    data dir, sync and access control on: the defaults; ``--workers N`` serves with N processes
    on the one store, as RabbitMQ's Erlang VM uses every core), its own load tester as a subprocess
    (``python -m broker.loadtest --quiet``, the same as ``dueslag bench``):
-   ``publish-batch`` = ``fanout``'s ``publish_per_s`` (4 senders, 100 per POST, consumers
-   draining concurrently), ``publish-stream`` = ``stream``'s ``publish_per_s`` (one envelope per
+   ``publish-batch`` = ``fanout``'s ``publish_per_s`` (100 per POST, consumers draining
+   concurrently; ``--window`` × ``--publishers`` / 100 senders, so that as many envelopes are
+   unconfirmed at once as on RabbitMQ's side: 10 by default, see :func:`in_flight_args`), ``publish-stream`` = ``stream``'s ``publish_per_s`` (one envelope per
    WebSocket frame, window 1,000, consumers concurrent), ``consume`` = ``drain``'s
    ``deliver_per_s`` (a backlog ingested for ``--duration``, then drained).
 2. **RabbitMQ**: Debian's ``rabbitmq-server`` (``apt-get install`` only if missing), started as a
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +179,28 @@ def dueslag_figure(report: dict[str, Any], key: str) -> tuple[float | None, dict
 # ------------------------------------------------------------------ dueslag side
 
 
+def in_flight_args(name: str, window: int, publishers: int) -> list[str]:
+    """``dueslag bench`` overrides that put as many envelopes in flight (sent, not yet
+    confirmed) as RabbitMQ's side has: ``publishers`` connections of ``window`` unconfirmed.
+
+    A batch sender has one request of ``batch`` envelopes in flight, so ``publish-batch`` gets
+    ``window * publishers / batch`` senders (the built-in ``fanout`` has 4, 400 in flight:
+    less than half of RabbitMQ's 1,000). A stream sender already has ``window`` in flight
+    (the built-in ``stream``: 1,000), so ``publish-stream`` gets one sender per publisher.
+    ``consume`` measures the drain, not the ingest before it: no override. (The stream's
+    window is its scenario's 1,000, ``--window``'s default; the bench has no window option.)
+    """
+    builtin, _ = SCENARIOS[name]
+    sc = BUILTIN[builtin]
+    if name == "publish-batch":
+        senders = max(1, min(256, window * publishers // sc.batch))
+    elif name == "publish-stream":
+        senders = publishers
+    else:
+        return []
+    return [] if senders == sc.senders else ["--senders", str(senders)]
+
+
 class DueslagServer(ServerProcess):
     """``tests/serverproc.py``'s server, with access control ON (the default) and sync on."""
 
@@ -196,18 +220,26 @@ def fetch_plan_inputs(srv: DueslagServer) -> tuple[bytes, list[dict[str, Any]]]:
 
 
 def run_dueslag(
-    name: str, duration: float, out: Path, work: Path, workers: int = 1
+    name: str,
+    duration: float,
+    out: Path,
+    work: Path,
+    workers: int = 1,
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """One fresh server (``workers`` processes), one ``dueslag bench`` run; the bench's JSON
-    (plus its exit status)."""
+    """One fresh server (``workers`` processes), one ``dueslag bench`` run with the
+    ``extra`` options; the bench's JSON (plus its exit status)."""
     builtin, _ = SCENARIOS[name]
     with DueslagServer(work / f"dueslag-{name}", workers=workers) as srv:
         cmd = [
             sys.executable, "-m", "broker.loadtest", "--broker", srv.url,
             "--admin-token", srv.admin_token, "--scenario", builtin,
-            "--duration", f"{duration:g}", "--json", str(out), "--quiet",
+            "--duration", f"{duration:g}", "--json", str(out), "--quiet", *extra,
         ]  # fmt: skip
-        log(f"dueslag {name}: {' '.join(cmd[1:5])} --scenario {builtin} --duration {duration:g}")
+        log(
+            f"dueslag {name}: {' '.join(cmd[1:5])} --scenario {builtin} "
+            f"--duration {duration:g} {' '.join(extra)}".rstrip()
+        )
         r = subprocess.run(
             cmd, cwd=REPO_ROOT, capture_output=True, text=True,
             timeout=duration + BENCH_MARGIN_S, check=False,
@@ -319,9 +351,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             raw = out.with_name(f"{out.stem}.dueslag-{name}.json")
             try:
-                report = run_dueslag(name, args.duration, raw, work, args.workers)
+                extra = in_flight_args(name, args.window, args.publishers)
+                report = run_dueslag(name, args.duration, raw, work, args.workers, extra)
                 fig, summary = dueslag_figure(report, SCENARIOS[name][1])
-                summary.update(json=str(raw), exit=report["_exit"])
+                summary.update(json=str(raw), exit=report["_exit"], bench_args=extra)
                 summary["fanout_per_type"] = (report.get("setup") or {}).get("fanout_per_type")
                 dueslag[name] = (fig, summary)
                 log(f"dueslag {name}: {fig}/s (valid: {summary['valid']})")
@@ -348,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         **meta,
         "method": "same run, dueslag first then RabbitMQ; ratio = dueslag / RabbitMQ; "
         "RabbitMQ publishes one message per basic.publish in both publish scenarios "
-        "(it has no batch publish); sync on, access control on",
+        "(it has no batch publish); both sides keep the same number of unconfirmed "
+        "envelopes in flight (publishers x window); sync on, access control on",
         "host_load": {"before": host_before, "after": host_load()},
         "wall_s": round(time.monotonic() - t0, 1),
         "argv": sys.argv,

@@ -201,6 +201,18 @@ def test_arguments() -> None:
         cmp.parse_args([])  # --json is required
 
 
+def test_both_sides_keep_the_same_envelopes_in_flight() -> None:
+    assert cmp.in_flight_args("publish-batch", 1000, 1) == ["--senders", "10"]  # 10 x 100
+    assert cmp.in_flight_args("publish-batch", 1000, 2) == ["--senders", "20"]
+    assert cmp.in_flight_args("publish-batch", 400, 1) == []  # the built-in's own 4 x 100
+    assert cmp.in_flight_args("publish-batch", 10, 1) == ["--senders", "1"]
+    assert cmp.in_flight_args("publish-batch", 10**6, 1) == ["--senders", "256"]  # its bound
+    assert cmp.in_flight_args("publish-stream", 1000, 1) == []  # one stream, window 1,000
+    assert cmp.in_flight_args("publish-stream", 1000, 3) == ["--senders", "3"]
+    assert cmp.in_flight_args("consume", 1000, 4) == []
+    assert BUILTIN["stream"].window == 1000
+
+
 def test_scenarios_map_to_dueslag_builtins() -> None:
     assert cmp.SCENARIOS["publish-batch"] == ("fanout", "publish_per_s")
     assert cmp.SCENARIOS["publish-stream"] == ("stream", "publish_per_s")
