@@ -41,12 +41,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, NoReturn
+from typing import NoReturn
 
 import trio
 from msgspec import Struct
 
 from broker.errors import BrokerError, Overloaded, StoreError
+from broker.jobs import GroupCommit, Job
 from broker.metrics import Metrics
 from broker.notifier import Notifier
 from broker.standing import StandingLease, StandingLeases
@@ -67,38 +68,6 @@ log = logging.getLogger("dueslag.writer")
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class _Job:
-    __slots__ = ("done", "error", "on_done", "ops", "results")
-
-    def __init__(
-        self,
-        ops: Sequence[Op],
-        on_done: Callable[[list[OpResult] | BrokerError], None] | None = None,
-    ) -> None:
-        self.ops = ops
-        self.done = trio.Event()
-        self.results: list[OpResult] = []
-        self.error: BrokerError | None = None  # the whole batch failed or was never applied
-        self.on_done = on_done  # called by the writer once the job is settled (see enqueue)
-
-    def settle(self) -> None:
-        self.done.set()
-        if self.on_done is not None:
-            try:
-                self.on_done(self.error if self.error is not None else self.results)
-            except Exception:  # a caller's bug must not stop the writer
-                log.exception("an enqueue() callback failed")
-
-
-class _Batch(NamedTuple):
-    """One group commit in hand: its jobs, the standing leases it took, and every op applied
-    (the jobs' ops, then the deferred ops, then the leases')."""
-
-    jobs: list[_Job]
-    leases: list[StandingLease]
-    ops: list[Op]
 
 
 class WriterStats(Struct, frozen=True, kw_only=True):
@@ -132,7 +101,7 @@ class Writer:
         self._notifier = notifier
         self._metrics = metrics
         self._room = trio.Semaphore(queue_size)  # one unit per job not yet taken by the thread
-        self._queue: collections.deque[_Job] = collections.deque()
+        self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()  # guards _queue and _stopping
         self._stopping = False
         self._token: trio.lowlevel.TrioToken | None = None
@@ -195,7 +164,7 @@ class Writer:
             stopped, and :class:`StoreError` when the commit failed (nothing was applied).
             Per-op refusals come back as BrokerError values inside the result list.
         """
-        job = _Job(ops)
+        job = Job(ops)
         await self._admit(job)
         await job.done.wait()
         if job.error is not None:
@@ -221,9 +190,9 @@ class Writer:
             the job was NOT queued and ``on_done`` is never called.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        await self._admit(_Job(ops, on_done))  # a cancelled blocking send queues nothing
+        await self._admit(Job(ops, on_done))  # a cancelled blocking send queues nothing
 
-    async def _admit(self, job: _Job) -> None:
+    async def _admit(self, job: Job) -> None:
         if self._closed:
             raise Overloaded("the broker is shutting down", code="shutting_down", retry_after=5)
         try:
@@ -287,7 +256,7 @@ class Writer:
                 stopping = self._stopping
                 if stopping and not self._deferred:
                     return
-                jobs: list[_Job] = []
+                jobs: list[Job] = []
                 n = 0
                 while self._queue and n < self._max_batch_ops and not stopping:
                     jobs.append(self._queue.popleft())
@@ -308,7 +277,7 @@ class Writer:
                 outcome = exc
             except Exception as exc:  # a bug in the store must not kill the writer silently
                 outcome = StoreError(f"store failed to apply a batch: {exc!r}")
-            batch = _Batch(jobs, leases, ops)
+            batch = GroupCommit(jobs, leases, ops)
             token.run_sync_soon(self._settle, batch, outcome, time.perf_counter() - started)
             if stopping:  # the last deferred ops are written; the queued jobs are refused
                 return
@@ -333,7 +302,9 @@ class Writer:
         for _ in range(n):
             self._room.release()
 
-    def _settle(self, batch: _Batch, outcome: ApplyOutcome | StoreError, seconds: float) -> None:
+    def _settle(
+        self, batch: GroupCommit, outcome: ApplyOutcome | StoreError, seconds: float
+    ) -> None:
         """In the event loop: answer the jobs of one batch (after its commit). A callback of
         ``run_sync_soon`` must not raise (trio would abort the run), hence the guard."""
         try:
@@ -349,7 +320,9 @@ class Writer:
                 if not lease.done.is_set():
                     lease.answer(err)
 
-    def _answer(self, batch: _Batch, outcome: ApplyOutcome | StoreError, seconds: float) -> None:
+    def _answer(
+        self, batch: GroupCommit, outcome: ApplyOutcome | StoreError, seconds: float
+    ) -> None:
         jobs, leases, ops = batch
         self._batches += 1
         if isinstance(outcome, StoreError):
