@@ -236,10 +236,7 @@ def run_dueslag(
             "--admin-token", srv.admin_token, "--scenario", builtin,
             "--duration", f"{duration:g}", "--json", str(out), "--quiet", *extra,
         ]  # fmt: skip
-        log(
-            f"dueslag {name}: {' '.join(cmd[1:5])} --scenario {builtin} "
-            f"--duration {duration:g} {' '.join(extra)}".rstrip()
-        )
+        log(f"dueslag {name}: {' '.join(cmd[1:5] + cmd[7:])}")  # not the token (cmd[5:7])
         r = subprocess.run(
             cmd, cwd=REPO_ROOT, capture_output=True, text=True,
             timeout=duration + BENCH_MARGIN_S, check=False,
