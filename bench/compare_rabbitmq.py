@@ -2,7 +2,7 @@
 
 Usage (from the repository root; root, because RabbitMQ may have to be installed)::
 
-    python3 bench/compare_rabbitmq.py --json result.json [--duration 10] [--workers 2]
+    python3 bench/compare_rabbitmq.py --json result.json [--duration 10] [--workers 2] [--rounds 3]
 
 writes ``{"scenarios": [{"name", "dueslag_per_s", "rabbitmq_per_s", "ratio"}, …], …}`` and
 prints the same as a table. ``ratio`` is dueslag / RabbitMQ.
@@ -29,7 +29,11 @@ What it does:
    (2 connections, one channel per queue, manual acks, prefetch ``--prefetch``) run concurrently
    during both, as dueslag's receivers do; ``consume`` prefills the queues for ``--duration``
    with no consumer, then consumes them to empty.
-3. Stops everything it started (servers, the RabbitMQ node and its epmd, clients), also on
+3. With ``--rounds N``, both sides run N times, one after the other; each row then holds the
+   median of each side and, as ``ratio``, the median of the rounds' own ratios
+   (``comparison.combine``), with every round's figures under ``rounds``. On a shared machine
+   whose speed moves by tens of percent within the hour, one pair is a sample, not a figure.
+4. Stops everything it started (servers, the RabbitMQ node and its epmd, clients), also on
    Ctrl-C or an error; every step is bounded in count and time; only 127.0.0.1 is contacted.
 """
 
@@ -49,6 +53,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
+
+from comparison import combine, dueslag_figure, row, table  # noqa: E402
 
 from broker.loadtest.report import host_load  # noqa: E402
 from broker.loadtest.scenario import BUILTIN, MAX_ENVELOPES, Scenario  # noqa: E402
@@ -93,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dueslag: serve --workers N (1..8; RabbitMQ's Erlang VM uses every core by itself)",
     )
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat both sides N times (1..10); each row is then the median over the rounds",
+    )
+    p.add_argument(
         "--only",
         choices=("dueslag", "rabbitmq"),
         default=None,
@@ -111,69 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--publishers must be in 1..16")
     if not 1 <= args.workers <= 8:
         p.error("--workers must be in 1..8")
+    if not 1 <= args.rounds <= 10:
+        p.error("--rounds must be in 1..10")
     if not 1000 <= args.envelopes <= 200_000:
         p.error("--envelopes must be in 1000..200000")
     args.scenarios = names
     return args
-
-
-# ------------------------------------------------------------------ pure: rows, table, result
-
-
-def ratio(dueslag: float | None, rabbitmq: float | None) -> float | None:
-    if not dueslag or not rabbitmq:
-        return None
-    return round(dueslag / rabbitmq, 2)
-
-
-def row(
-    name: str, dueslag_per_s: float | None, rabbitmq_per_s: float | None, **extra: Any
-) -> dict[str, Any]:
-    """One contract row: name, both figures, their ratio (dueslag / RabbitMQ); then ``extra``."""
-    return {
-        "name": name,
-        "dueslag_per_s": dueslag_per_s,
-        "rabbitmq_per_s": rabbitmq_per_s,
-        "ratio": ratio(dueslag_per_s, rabbitmq_per_s),
-        **extra,
-    }
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    def num(v: float | None, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
-
-    lines = [f"{'scenario':<16} {'dueslag/s':>12} {'rabbitmq/s':>12} {'ratio':>7}"]
-    for r in rows:
-        lines.append(
-            f"{r['name']:<16} {num(r['dueslag_per_s'], ',.1f'):>12} "
-            f"{num(r['rabbitmq_per_s'], ',.1f'):>12} {num(r['ratio'], '.2f'):>7}"
-        )
-    return "\n".join(lines)
-
-
-def dueslag_figure(report: dict[str, Any], key: str) -> tuple[float | None, dict[str, Any]]:
-    """The scenario's figure from a ``dueslag bench`` JSON, and whether the run counts."""
-    checks = report.get("checks") or {}
-    ok = (
-        not report.get("lost")
-        and not report.get("duplicates")
-        and report.get("sent") == report.get("confirmed")
-        and all(v is not False for v in checks.values())
-    )
-    summary = {
-        "scenario": report.get("scenario"),
-        "sent": report.get("sent"),
-        "confirmed": report.get("confirmed"),
-        "delivered": report.get("delivered"),
-        "lost": report.get("lost"),
-        "duplicates": report.get("duplicates"),
-        "valid": ok,
-        "client_cpu_share": (report.get("timing") or {}).get("client_cpu_share"),
-        "publish_per_s": (report.get("throughput") or {}).get("publish_per_s"),
-        "deliver_per_s": (report.get("throughput") or {}).get("deliver_per_s"),
-    }
-    return (report.get("throughput") or {}).get(key), summary
 
 
 # ------------------------------------------------------------------ dueslag side
@@ -329,54 +284,71 @@ def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def one_round(
+    args: argparse.Namespace, out: Path, work: Path, plan_inputs: tuple[bytes, list[Any]], k: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Both sides once (dueslag first, then RabbitMQ): the contract rows and RabbitMQ's facts."""
+    skipped = (None, {"error": "skipped (--only)"})
+    prefix = out.stem if args.rounds == 1 else f"{out.stem}.r{k}"
+    dueslag: dict[str, tuple[float | None, dict[str, Any]]] = {}
+    for name in args.scenarios:
+        if args.only == "rabbitmq":
+            dueslag[name] = skipped
+            continue
+        raw = out.with_name(f"{prefix}.dueslag-{name}.json")
+        try:
+            extra = in_flight_args(name, args.window, args.publishers)
+            report = run_dueslag(name, args.duration, raw, work, args.workers, extra)
+            fig, summary = dueslag_figure(report, SCENARIOS[name][1])
+            summary.update(json=str(raw), exit=report["_exit"], bench_args=extra)
+            summary["fanout_per_type"] = (report.get("setup") or {}).get("fanout_per_type")
+            dueslag[name] = (fig, summary)
+            log(f"dueslag {name}: {fig}/s (valid: {summary['valid']})")
+        except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as exc:
+            log(f"dueslag {name} failed: {exc}")
+            dueslag[name] = (None, {"error": str(exc)})
+    meta: dict[str, Any] = {"rabbitmq_version": None, "rabbitmq_client": None}
+    rabbit = dict.fromkeys(args.scenarios, skipped)
+    if args.only != "dueslag":
+        try:
+            rabbit, meta = rabbitmq_side(args, *plan_inputs, work)
+        except (RuntimeError, OSError, subprocess.SubprocessError, AssertionError) as exc:
+            log(f"the RabbitMQ side failed: {exc}")
+            rabbit = dict.fromkeys(args.scenarios, (None, {"error": str(exc)}))
+    rows = []
+    for name in args.scenarios:
+        (d, d_info), (r, r_info) = dueslag[name], rabbit[name]
+        if d_info.get("fanout_per_type") not in (None, meta.get("fanout_per_type")):
+            d_info["note"] = "fan-out differs from the RabbitMQ topology"
+        rows.append(row(name, d, r, dueslag=d_info, rabbitmq=r_info))
+    return rows, meta
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)  # so every finally (and context manager) runs
     out = Path(args.json)
     t0 = time.monotonic()
     host_before = host_load()
-    rows: list[dict[str, Any]] = []
+    rounds: list[list[dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="dueslag-vs-rabbitmq-") as tmp:
         work = Path(tmp)
         with DueslagServer(work / "dueslag-plan") as srv:  # the catalog the bench will plan on
-            catalog, authorities = fetch_plan_inputs(srv)
-        skipped = (None, {"error": "skipped (--only)"})
-        dueslag: dict[str, tuple[float | None, dict[str, Any]]] = {}
-        for name in args.scenarios:
-            if args.only == "rabbitmq":
-                dueslag[name] = skipped
-                continue
-            raw = out.with_name(f"{out.stem}.dueslag-{name}.json")
-            try:
-                extra = in_flight_args(name, args.window, args.publishers)
-                report = run_dueslag(name, args.duration, raw, work, args.workers, extra)
-                fig, summary = dueslag_figure(report, SCENARIOS[name][1])
-                summary.update(json=str(raw), exit=report["_exit"], bench_args=extra)
-                summary["fanout_per_type"] = (report.get("setup") or {}).get("fanout_per_type")
-                dueslag[name] = (fig, summary)
-                log(f"dueslag {name}: {fig}/s (valid: {summary['valid']})")
-            except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as exc:
-                log(f"dueslag {name} failed: {exc}")
-                dueslag[name] = (None, {"error": str(exc)})
-        meta: dict[str, Any] = {"rabbitmq_version": None, "rabbitmq_client": None}
-        rabbit = dict.fromkeys(args.scenarios, skipped)
-        if args.only != "dueslag":
-            try:
-                rabbit, meta = rabbitmq_side(args, catalog, authorities, work)
-            except (RuntimeError, OSError, subprocess.SubprocessError, AssertionError) as exc:
-                log(f"the RabbitMQ side failed: {exc}")
-                rabbit = dict.fromkeys(args.scenarios, (None, {"error": str(exc)}))
-    for name in args.scenarios:
-        (d, d_info), (r, r_info) = dueslag[name], rabbit[name]
-        if d_info.get("fanout_per_type") not in (None, meta.get("fanout_per_type")):
-            d_info["note"] = "fan-out differs from the RabbitMQ topology"
-        rows.append(row(name, d, r, dueslag=d_info, rabbitmq=r_info))
+            plan_inputs = fetch_plan_inputs(srv)
+        for k in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                log(f"round {k} of {args.rounds}")
+            rows, meta = one_round(args, out, work, plan_inputs, k)
+            rounds.append(rows)
+    rows = rounds[0] if args.rounds == 1 else combine(rounds)
     result = {
         "scenarios": rows,
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "dueslag_workers": args.workers,
         **meta,
-        "method": "same run, dueslag first then RabbitMQ; ratio = dueslag / RabbitMQ; "
+        "method": "same run, dueslag first then RabbitMQ; ratio = dueslag / RabbitMQ "
+        "(with --rounds N: the median of the rounds' ratios); "
         "RabbitMQ publishes one message per basic.publish in both publish scenarios "
         "(it has no batch publish); both sides keep the same number of unconfirmed "
         "envelopes in flight (publishers x window); sync on, access control on",

@@ -22,6 +22,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
 import compare_rabbitmq as cmp  # noqa: E402
+import comparison  # noqa: E402
 import rabbitmq_node  # noqa: E402
 from rabbitmq_workload import (  # noqa: E402
     AmqpWorkload,
@@ -148,7 +149,7 @@ def test_rows_have_the_contract_keys_and_ratio_is_dueslag_over_rabbitmq() -> Non
     assert r["ratio"] == 5.0
     assert cmp.row("consume", None, 32_000.0)["ratio"] is None
     assert cmp.row("consume", 1.0, 0.0)["ratio"] is None
-    assert cmp.ratio(1.0, 3.0) == 0.33
+    assert comparison.ratio(1.0, 3.0) == 0.33
 
 
 def test_table_lists_every_row() -> None:
@@ -158,6 +159,24 @@ def test_table_lists_every_row() -> None:
     assert "2,088.8" in text
     assert "0.26" in text
     assert text.splitlines()[2].split()[1] == "-"
+
+
+def test_rounds_combine_into_medians_and_the_median_of_the_rounds_ratios() -> None:
+    rounds = [
+        [cmp.row("publish-batch", 100.0, 50.0), cmp.row("consume", 10.0, None)],
+        [cmp.row("publish-batch", 300.0, 100.0), cmp.row("consume", 30.0, 10.0)],
+        [cmp.row("publish-batch", 200.0, 200.0), cmp.row("consume", None, 20.0)],
+    ]
+    batch, consume = comparison.combine(rounds)
+    assert set(batch) >= CONTRACT_ROW and batch["name"] == "publish-batch"
+    assert (batch["dueslag_per_s"], batch["rabbitmq_per_s"]) == (200.0, 100.0)
+    assert batch["ratio"] == 2.0  # median of 2.0, 3.0, 1.0: not 200 / 100 by chance alone
+    assert [r["ratio"] for r in batch["rounds"]] == [2.0, 3.0, 1.0]
+    # a side's missing figure leaves that round out of its median and of the ratios
+    assert (consume["dueslag_per_s"], consume["rabbitmq_per_s"]) == (20.0, 15.0)
+    assert consume["ratio"] == 3.0
+    only_one_side = comparison.combine([[cmp.row("consume", 5.0, None)]])
+    assert only_one_side[0]["ratio"] is None
 
 
 def _report(**over: object) -> dict[str, object]:
@@ -188,12 +207,16 @@ def test_arguments() -> None:
     assert (args.duration, args.scenarios) == (3.0, ["consume"])
     assert args.workers == 1
     assert cmp.parse_args(["--json", "x.json", "--workers", "2"]).workers == 2
+    assert args.rounds == 1
+    assert cmp.parse_args(["--json", "x.json", "--rounds", "3"]).rounds == 3
     for bad in (
         ["--duration", "0"],
         ["--scenarios", "nope"],
         ["--window", "0"],
         ["--workers", "0"],
         ["--workers", "9"],
+        ["--rounds", "0"],
+        ["--rounds", "11"],
     ):
         with pytest.raises(SystemExit):
             cmp.parse_args(["--json", "x.json", *bad])
