@@ -70,7 +70,7 @@ class Receiving:
                 got = await self.writer.submit_one(lease)
                 assert isinstance(got, list)
                 if got:
-                    return await self.leased(mb, got)
+                    return self.leased(mb, got)
             if trio.current_time() >= deadline:
                 return []
             got = await self.wait_leased(mb, lease, generation, deadline)
@@ -103,7 +103,7 @@ class Receiving:
                 await self.standing_result(standing)
             raise
         got = await self.standing_result(standing)
-        return await self.leased(mb, got) if got else got
+        return self.leased(mb, got) if got else got
 
     async def standing_result(self, standing: StandingLease) -> list[Delivery]:
         """What a standing lease leased, after its receiver's wait: nothing if it could be
@@ -121,7 +121,7 @@ class Receiving:
             raise standing.error
         return standing.results
 
-    async def leased(self, mb: MailboxRecord, got: list[Delivery]) -> list[Delivery]:
+    def leased(self, mb: MailboxRecord, got: list[Delivery]) -> list[Delivery]:
         """Count and audit deliveries just leased to ``mb``'s receiver; returns them."""
         self.metrics.leased.inc(len(got))
         self._audit_deliveries(mb, "delivery.leased", [d.delivery_id for d in got])
