@@ -66,6 +66,11 @@ MAX_DEFERRED = 4096
 log = logging.getLogger("dueslag.writer")
 
 
+def _shutting_down() -> Overloaded:
+    """The refusal of any write once the writer has stopped (a fresh one each time)."""
+    return Overloaded("the broker is shutting down", code="shutting_down", retry_after=5)
+
+
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -129,7 +134,7 @@ class Writer:
             Raises ``Overloaded(code="shutting_down")`` once the writer stopped.
         """
         if self._closed:
-            raise Overloaded("the broker is shutting down", code="shutting_down", retry_after=5)
+            raise _shutting_down()
         return self._standing.file(op)
 
     def withdraw(self, lease: StandingLease) -> bool:
@@ -147,7 +152,7 @@ class Writer:
             ``shutting_down`` once the writer stopped; nothing was added then.
         """
         if self._closed:
-            raise Overloaded("the broker is shutting down", code="shutting_down", retry_after=5)
+            raise _shutting_down()
         with self._cond:
             if len(self._deferred) + len(ops) > self._max_deferred:
                 raise Overloaded(f"{self._max_deferred} deferred writes waiting", retry_after=1)
@@ -194,7 +199,7 @@ class Writer:
 
     async def _admit(self, job: Job) -> None:
         if self._closed:
-            raise Overloaded("the broker is shutting down", code="shutting_down", retry_after=5)
+            raise _shutting_down()
         try:
             self._room.acquire_nowait()
         except trio.WouldBlock:
@@ -208,9 +213,7 @@ class Writer:
                 ) from None
             if self._closed:
                 self._room.release()
-                raise Overloaded(
-                    "the broker is shutting down", code="shutting_down", retry_after=5
-                ) from None
+                raise _shutting_down() from None
         with self._cond:
             self._queue.append(job)
             self._cond.notify()
@@ -362,7 +365,7 @@ class Writer:
             self._notifier.notify({*outcome.ready, *woken} if woken else outcome.ready)
 
     def _fail_queued(self) -> None:
-        err = Overloaded("the broker is shutting down", code="shutting_down", retry_after=5)
+        err = _shutting_down()
         with self._cond:
             jobs = list(self._queue)
             self._queue.clear()
