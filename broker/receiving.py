@@ -70,7 +70,7 @@ class Receiving:
                 got = await self.writer.submit_one(lease)
                 assert isinstance(got, list)
                 if got:
-                    return self.leased(mb, got)
+                    return self._leased(mb, got)
             if trio.current_time() >= deadline:
                 return []
             got = await self.wait_leased(mb, lease, generation, deadline)
@@ -100,12 +100,12 @@ class Receiving:
                 await self.notifier.wait_ready(mb.id, generation, deadline)
         except BaseException:  # cancelled: withdraw it, or see the commit that took it through
             with contextlib.suppress(BrokerError):
-                await self.standing_result(standing)
+                await self._standing_result(standing)
             raise
-        got = await self.standing_result(standing)
-        return self.leased(mb, got) if got else got
+        got = await self._standing_result(standing)
+        return self._leased(mb, got) if got else got
 
-    async def standing_result(self, standing: StandingLease) -> list[Delivery]:
+    async def _standing_result(self, standing: StandingLease) -> list[Delivery]:
         """What a standing lease leased, after its receiver's wait: nothing if it could be
         withdrawn, else the result of the commit that took it (waited for, even when
         cancelled: that commit cannot be stopped).
@@ -121,7 +121,7 @@ class Receiving:
             raise standing.error
         return standing.results
 
-    def leased(self, mb: MailboxRecord, got: list[Delivery]) -> list[Delivery]:
+    def _leased(self, mb: MailboxRecord, got: list[Delivery]) -> list[Delivery]:
         """Count and audit deliveries just leased to ``mb``'s receiver; returns them."""
         self.metrics.leased.inc(len(got))
         self._audit_deliveries(mb, "delivery.leased", [d.delivery_id for d in got])
