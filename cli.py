@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-sync", action="store_true", help="do not fsync commits (unsafe; for experiments only)"
     )
     s.add_argument(
+        "--writer",
+        choices=("auto", "thread", "process"),
+        default="auto",
+        help="where commits run: a writer process per worker with a GIL of its own, or a "
+        "thread of the serving process; auto: a process when the CPUs outnumber 2 x workers "
+        "(default: auto; docs/performance.md)",
+    )
+    s.add_argument(
         "--no-access-control",
         action="store_true",
         help="accept any message type from any system, no agreements needed (local experiments only)",

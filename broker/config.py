@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from msgspec import Struct
 
@@ -36,6 +37,9 @@ class BrokerConfig(Struct, kw_only=True):
     sweep_interval_s: float = 1.0
     map_size: int = 32 * 1024**3
     sync: bool = True
+    #: where commits run: "process" (a writer process with a GIL of its own, store.applier),
+    #: "thread" (a thread of the serving process), or "auto" (see writer_process())
+    writer: Literal["auto", "thread", "process"] = "auto"
     max_poll: int = 1000
     max_wait_s: float = 30.0
     default_lease_s: float = 30.0
@@ -46,6 +50,22 @@ class BrokerConfig(Struct, kw_only=True):
     access_control: bool = True
     #: write an audit event for every send, lease, ack, agreement and value-list change
     audit: bool = True
+
+    def writer_process(self) -> bool:
+        """Whether commits run in a writer process. ``auto``: when the CPUs this process may
+        use outnumber the processes it takes (each worker plus its writer process), so one is
+        left for clients and the kernel; else the writer process would take CPU from the
+        serving process it is meant to relieve (docs/performance.md)."""
+        if self.writer != "auto":
+            return self.writer == "process"
+        return available_cpus() > 2 * self.workers
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _write_private(path: Path, text: str) -> None:

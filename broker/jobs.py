@@ -1,19 +1,16 @@
-"""The writer's units of work: a job (ops submitted together) and a group commit in hand
-(one store transaction). See :mod:`broker.writer`."""
+"""The writer's unit of work: a job (ops submitted together). See :mod:`broker.writer`."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import trio
 
 from broker.errors import BrokerError
-from broker.standing import StandingLease
 from store.base import Op, OpResult
 
-__all__ = ["GroupCommit", "Job"]
+__all__ = ["Job"]
 
 log = logging.getLogger("dueslag.writer")
 
@@ -41,12 +38,3 @@ class Job:
                 self.on_done(self.error if self.error is not None else self.results)
             except Exception:  # a caller's bug must not stop the writer
                 log.exception("an enqueue() callback failed")
-
-
-class GroupCommit(NamedTuple):
-    """One group commit in hand: its jobs, the standing leases it took, and every op applied
-    (the jobs' ops, then the deferred ops, then the leases')."""
-
-    jobs: list[Job]
-    leases: list[StandingLease]
-    ops: list[Op]

@@ -60,14 +60,20 @@ class ServerInfo:
         return self.binds[0]
 
 
-def _prepare(config: BrokerConfig) -> tuple[str, bool, str, Store]:
-    """Blocking start-up work: the data dir, the admin token, the instance id, the store."""
+def _prepare(config: BrokerConfig, writer_process: bool) -> tuple[str, bool, str, Store]:
+    """Blocking start-up work: the data dir, the admin token, the instance id, the store
+    (writing through a writer process if asked: ``store.applier``)."""
     from store import LmdbStore
+    from store.applier import ApplierStore
 
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     token, token_new = load_or_create_admin_token(config.data_dir, config.admin_token)
     instance_id = load_or_create_instance_id(config.data_dir)
-    store = LmdbStore(Path(config.data_dir) / "store", map_size=config.map_size, sync=config.sync)
+    path = Path(config.data_dir) / "store"
+    if writer_process:
+        store: Store = ApplierStore(path, map_size=config.map_size, sync=config.sync)
+    else:
+        store = LmdbStore(path, map_size=config.map_size, sync=config.sync)
     return token, token_new, instance_id, store
 
 
@@ -95,7 +101,7 @@ def prepare_data(config: BrokerConfig) -> tuple[str, bool]:
     """What the parent of several workers does once, before any of them starts: the data
     dir, the admin token, the instance id and the seeded store (opened and closed here).
     Returns the admin token and whether it was generated just now."""
-    token, token_new, _, store = _prepare(config)
+    token, token_new, _, store = _prepare(config, writer_process=False)
     try:
         _seed_store(store, Registry.load(store), config)
     finally:
@@ -119,7 +125,9 @@ async def serve(
     # Bound before the store is read: a peer's change committed from now on reaches us.
     peers = None if worker is None else Peers(worker)
     try:
-        token, token_new, instance_id, store = await trio.to_thread.run_sync(_prepare, config)
+        token, token_new, instance_id, store = await trio.to_thread.run_sync(
+            _prepare, config, config.writer_process()
+        )
     except BaseException:
         if peers is not None:
             peers.close()

@@ -41,6 +41,7 @@ def serve_command(args: argparse.Namespace) -> int:
         workers=args.workers,
         admin_token=args.admin_token,
         sync=not args.no_sync,
+        writer=args.writer,
         demo=args.demo,
         dedup_window_s=args.dedup_window,
         access_control=not args.no_access_control,

@@ -13,6 +13,12 @@ as long as a commit). While one commit fsyncs, the event loop keeps accepting an
 next batch; that pipelining is where throughput comes from. Only after the commit returns are
 the jobs' events set, so no caller ever answers 2xx for data that is not on disk.
 
+With a writer process (:mod:`store.applier`, the default of ``dueslag serve``), the same loop
+runs on the event loop instead of a thread: each batch is sent to the child and its outcome
+awaited (:mod:`broker.applierlink`), so no thread of the serving process competes with the
+event loop for the GIL. What waits for a batch, and how a batch is formed, is
+:mod:`broker.writequeue`.
+
 The thread lives exactly as long as :meth:`Writer.run` (it runs inside one
 ``trio.to_thread.run_sync`` call of a child task; no detached threads): cancelling ``run`` asks
 it to stop after the batch in hand, and jobs still queued then fail with ``shutting_down``.
@@ -30,30 +36,31 @@ Back-pressure: at most ``queue_size`` jobs wait for the thread. ``submit`` waits
 ``admission_timeout`` seconds for room, then raises :class:`~broker.errors.Overloaded` (HTTP 503
 with Retry-After); memory never grows with load.
 
-State owned: the job queue (shared with the commit thread under one lock). The store is shared
+State owned: the write queue (shared with the commit thread under its lock). The store is shared
 with readers, which use their own short read transactions.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import trio
 from msgspec import Struct
 
+from broker.applierlink import ApplierLink
 from broker.errors import BrokerError, Overloaded, StoreError
-from broker.jobs import GroupCommit, Job
+from broker.jobs import Job
 from broker.metrics import Metrics
 from broker.notifier import Notifier
-from broker.standing import StandingLease, StandingLeases
+from broker.standing import StandingLease
+from broker.writequeue import Batch, WriteQueue
+from store.applier import ApplierStore
 from store.base import ApplyOutcome, Lease, Op, OpResult, Store
 
-__all__ = ["Writer", "WriterStats", "wall_ms"]
+__all__ = ["RemoteApply", "Writer", "WriterStats", "wall_ms"]
 
 QUEUE_SIZE = 4096
 MAX_BATCH_OPS = 20_000
@@ -64,6 +71,15 @@ DEFER_LINGER_S = 0.025
 MAX_DEFERRED = 4096
 
 log = logging.getLogger("dueslag.writer")
+
+
+class RemoteApply(Protocol):
+    """``Store.apply`` done elsewhere and awaited (:class:`~broker.applierlink.ApplierLink`);
+    raises StoreError for a failed batch."""
+
+    async def apply(self, ops: list[Op], now_ms: int) -> ApplyOutcome: ...
+
+    async def aclose(self) -> None: ...
 
 
 def _shutting_down() -> Overloaded:
@@ -84,7 +100,11 @@ class WriterStats(Struct, frozen=True, kw_only=True):
 
 
 class Writer:
-    """Applies submitted operations in group commits. Start with ``nursery.start(w.run)``."""
+    """Applies submitted operations in group commits. Start with ``nursery.start(w.run)``.
+
+    ``remote``: apply batches through it on the event loop instead of ``store.apply`` on a
+    thread; by default an :class:`ApplierLink` when ``store`` is an :class:`ApplierStore`.
+    """
 
     def __init__(
         self,
@@ -99,18 +119,18 @@ class Writer:
         on_commit: Callable[[Sequence[Op], ApplyOutcome], None] | None = None,
         defer_linger: float = DEFER_LINGER_S,
         max_deferred: int = MAX_DEFERRED,
+        remote: RemoteApply | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be >= 1")
         self._store = store
         self._notifier = notifier
         self._metrics = metrics
-        self._room = trio.Semaphore(queue_size)  # one unit per job not yet taken by the thread
-        self._queue: collections.deque[Job] = collections.deque()
-        self._cond = threading.Condition()  # guards _queue and _stopping
-        self._stopping = False
+        self._room = trio.Semaphore(queue_size)  # one unit per job not yet taken by the writer
+        self._queue = WriteQueue(
+            max_batch_ops=max_batch_ops, defer_linger=defer_linger, max_deferred=max_deferred
+        )
         self._token: trio.lowlevel.TrioToken | None = None
-        self._max_batch_ops = max_batch_ops
         self._admission_timeout = admission_timeout
         self._clock = clock
         self._on_commit = on_commit
@@ -118,10 +138,14 @@ class Writer:
         self._ops = 0
         self._failed = 0
         self._closed = False
-        self._standing = StandingLeases()
-        self._deferred: list[Op] = []  # guarded by _cond
-        self._defer_linger = defer_linger
-        self._max_deferred = max_deferred
+        if remote is None and isinstance(store, ApplierStore):
+            remote = ApplierLink(store)
+        self._remote = remote
+
+    @property
+    def remote(self) -> RemoteApply | None:
+        """What batches are applied through (a writer process), or None: the commit thread."""
+        return self._remote
 
     def stand(self, op: Lease) -> StandingLease:
         """File ``op`` for the next batch that publishes to its mailbox (:mod:`broker.standing`).
@@ -135,11 +159,11 @@ class Writer:
         """
         if self._closed:
             raise _shutting_down()
-        return self._standing.file(op)
+        return self._queue.stand(op)
 
     def withdraw(self, lease: StandingLease) -> bool:
         """Take back a standing lease; False once a batch has taken it (await ``lease.done``)."""
-        return self._standing.withdraw(lease)
+        return self._queue.standing.withdraw(lease)
 
     def defer(self, ops: Sequence[Op]) -> None:
         """Add ``ops`` to the next batch, without a job, a wait or a result: they ride with
@@ -153,12 +177,7 @@ class Writer:
         """
         if self._closed:
             raise _shutting_down()
-        with self._cond:
-            if len(self._deferred) + len(ops) > self._max_deferred:
-                raise Overloaded(f"{self._max_deferred} deferred writes waiting", retry_after=1)
-            if not self._deferred:
-                self._cond.notify()  # an idle thread starts its linger
-            self._deferred.extend(ops)
+        self._queue.defer(ops)
 
     async def submit(self, ops: Sequence[Op]) -> list[OpResult]:
         """Apply ``ops`` in the next group commit and return their results once durable.
@@ -214,9 +233,7 @@ class Writer:
             if self._closed:
                 self._room.release()
                 raise _shutting_down() from None
-        with self._cond:
-            self._queue.append(job)
-            self._cond.notify()
+        self._queue.add(job)
 
     async def submit_one(self, op: Op) -> OpResult:
         """Submit a single op; a per-op BrokerError result is raised."""
@@ -231,14 +248,12 @@ class Writer:
         self._token = trio.lowlevel.current_trio_token()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._run_thread)
+                nursery.start_soon(self._run_thread if self._remote is None else self._run_remote)
                 task_status.started()
                 try:
                     await trio.sleep_forever()
-                finally:
-                    with self._cond:  # the thread finishes the batch in hand, then returns
-                        self._stopping = True
-                        self._cond.notify()
+                finally:  # the loop finishes the batch in hand (and the deferred ops), then returns
+                    self._queue.stop()
         finally:
             self._closed = True
             self._fail_queued()
@@ -246,68 +261,56 @@ class Writer:
 
     async def _run_thread(self) -> None:
         # Not cancellable (LMDB: a started batch must commit on its thread); it returns once
-        # run() has set _stopping.
+        # run() has stopped the queue.
         await trio.to_thread.run_sync(self._commit_loop)
 
     def _commit_loop(self) -> None:
         """The commit thread: take a batch, apply it, hand the outcome back, repeat."""
         assert self._token is not None
         token = self._token
-        while True:
-            with self._cond:
-                self._wait_for_work()
-                stopping = self._stopping
-                if stopping and not self._deferred:
-                    return
-                jobs: list[Job] = []
-                n = 0
-                while self._queue and n < self._max_batch_ops and not stopping:
-                    jobs.append(self._queue.popleft())
-                    n += len(jobs[-1].ops)
-                deferred, self._deferred = self._deferred, []
-            if jobs:
-                token.run_sync_soon(self._release, len(jobs))  # their room is free again
-            ops = [op for job in jobs for op in job.ops]
-            ops.extend(deferred)
-            leases = self._standing.take(job.ops for job in jobs) if self._standing else []
-            if leases:  # after the publishes: the same transaction leases what they stored
-                ops.extend(lease.op for lease in leases)
+        while (batch := self._queue.next_blocking()) is not None:
+            if batch.jobs:
+                token.run_sync_soon(self._release, len(batch.jobs))  # their room is free again
             started = time.perf_counter()
             outcome: ApplyOutcome | StoreError
             try:
-                outcome = self._store.apply(ops, self._clock())
+                outcome = self._store.apply(batch.ops, self._clock())
             except StoreError as exc:
                 outcome = exc
             except Exception as exc:  # a bug in the store must not kill the writer silently
                 outcome = StoreError(f"store failed to apply a batch: {exc!r}")
-            batch = GroupCommit(jobs, leases, ops)
             token.run_sync_soon(self._settle, batch, outcome, time.perf_counter() - started)
-            if stopping:  # the last deferred ops are written; the queued jobs are refused
+            if batch.last:  # the last deferred ops are written; the queued jobs are refused
                 return
 
-    def _wait_for_work(self) -> None:
-        """(Holding ``_cond``.) Until a job is queued, the writer stops, or deferred ops have
-        waited ``defer_linger`` seconds for company."""
-        linger_until: float | None = None
-        while not self._queue and not self._stopping:
-            if not self._deferred:
-                linger_until = None
-                self._cond.wait()
-                continue
-            now = time.monotonic()
-            if linger_until is None:
-                linger_until = now + self._defer_linger
-            elif now >= linger_until:
-                return
-            self._cond.wait(linger_until - now)
+    async def _run_remote(self) -> None:
+        """The same loop on the event loop, through ``remote``. Shielded, like the thread: a
+        batch sent is committed whether or not anybody waits, so only a stop ends it."""
+        assert self._remote is not None
+        remote = self._remote
+        with trio.CancelScope(shield=True):
+            try:
+                while (batch := await self._queue.next()) is not None:
+                    self._release(len(batch.jobs))
+                    started = time.perf_counter()
+                    outcome: ApplyOutcome | StoreError
+                    try:
+                        outcome = await remote.apply(batch.ops, self._clock())
+                    except StoreError as exc:
+                        outcome = exc
+                    except Exception as exc:  # a bug must not kill the writer silently
+                        outcome = StoreError(f"store failed to apply a batch: {exc!r}")
+                    self._settle(batch, outcome, time.perf_counter() - started)
+                    if batch.last:
+                        return
+            finally:
+                await remote.aclose()
 
     def _release(self, n: int) -> None:
         for _ in range(n):
             self._room.release()
 
-    def _settle(
-        self, batch: GroupCommit, outcome: ApplyOutcome | StoreError, seconds: float
-    ) -> None:
+    def _settle(self, batch: Batch, outcome: ApplyOutcome | StoreError, seconds: float) -> None:
         """In the event loop: answer the jobs of one batch (after its commit). A callback of
         ``run_sync_soon`` must not raise (trio would abort the run), hence the guard."""
         try:
@@ -323,10 +326,8 @@ class Writer:
                 if not lease.done.is_set():
                     lease.answer(err)
 
-    def _answer(
-        self, batch: GroupCommit, outcome: ApplyOutcome | StoreError, seconds: float
-    ) -> None:
-        jobs, leases, ops = batch
+    def _answer(self, batch: Batch, outcome: ApplyOutcome | StoreError, seconds: float) -> None:
+        jobs, leases, ops, _ = batch
         self._batches += 1
         if isinstance(outcome, StoreError):
             self._failed += 1
@@ -366,13 +367,10 @@ class Writer:
 
     def _fail_queued(self) -> None:
         err = _shutting_down()
-        with self._cond:
-            jobs = list(self._queue)
-            self._queue.clear()
-        for job in jobs:
+        for job in self._queue.drain():
             job.error = err
             job.settle()
-        self._standing.fail_all(err)
+        self._queue.standing.fail_all(err)
 
     def statistics(self) -> WriterStats:
         return WriterStats(
@@ -380,7 +378,7 @@ class Writer:
             batches=self._batches,
             ops=self._ops,
             failed_batches=self._failed,
-            standing_leases=len(self._standing),
+            standing_leases=len(self._queue.standing),
         )
 
     def __repr__(self) -> str:

@@ -113,6 +113,8 @@ async def server(nursery: trio.Nursery, tmp_path: Path, clock: FakeClock) -> Ser
         sweep_interval_s=3600,  # tests sweep explicitly, after moving the clock
         graceful_timeout_s=0.5,
         access_control=False,  # the delivery core; catalog and agreements: tests/test_access_e2e.py
+        writer="process",  # what "auto" picks on a machine with cores to spare (thread mode:
+        # tests/test_actors.py, tests/test_writer_process.py, and the workers' tests)
     )
     info: ServerInfo = await nursery.start(partial(serve, config, clock=clock))
     return info

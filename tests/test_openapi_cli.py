@@ -64,6 +64,8 @@ def test_openapi_documents_exactly_the_routes() -> None:
         (["serve", "--admin-token", "t"], "admin_token", "t"),
         (["serve", "--demo"], "demo", True),
         (["serve", "--no-sync"], "no_sync", True),
+        (["serve"], "writer", "auto"),
+        (["serve", "--writer", "process"], "writer", "process"),
         (["poll", "mb", "--max", "5", "--wait", "2.5", "--ack"], "wait", 2.5),
         (["send", "-", "--batch"], "batch", True),
         (["admin", "system", "create", "cpr"], "name", "cpr"),

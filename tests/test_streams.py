@@ -135,18 +135,29 @@ def bad_envelope() -> dict[str, Any]:
 
 
 class Gate:
-    """Holds every store commit until opened (the writer's thread call waits on it)."""
+    """Holds every store commit until opened: the writer's commit thread waits in
+    ``store.apply``, or its event-loop side before a batch goes to the writer process."""
 
     def __init__(self, server: ServerInfo, monkeypatch: pytest.MonkeyPatch) -> None:
         self._open = threading.Event()
-        store = server.broker.store
-        apply = store.apply
+        remote = server.broker.writer.remote
+        if remote is None:
+            store = server.broker.store
+            apply = store.apply
 
-        def gated_apply(*args: Any, **kw: Any) -> Any:
-            self._open.wait(10)
-            return apply(*args, **kw)
+            def gated_apply(*args: Any, **kw: Any) -> Any:
+                self._open.wait(10)
+                return apply(*args, **kw)
 
-        monkeypatch.setattr(store, "apply", gated_apply)
+            monkeypatch.setattr(store, "apply", gated_apply)
+            return
+        send = remote.apply
+
+        async def gated_send(*args: Any, **kw: Any) -> Any:
+            await trio.to_thread.run_sync(self._open.wait, 10)
+            return await send(*args, **kw)
+
+        monkeypatch.setattr(remote, "apply", gated_send)
 
     def open(self) -> None:
         self._open.set()

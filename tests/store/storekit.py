@@ -17,16 +17,19 @@ from store import (
     Route,
     Store,
 )
+from store.applier import ApplierStore
 from store.engine import KvStore
 from store.keys import Db
 
-BACKENDS = ("memory", "lmdb")
+BACKENDS = ("memory", "lmdb", "applier")
 TEST_MAP_SIZE = 64 << 20
 
 
 def make_store(backend: str, path: Path) -> KvStore:
     if backend == "memory":
         return MemoryStore()
+    if backend == "applier":  # LMDB, written by a writer process (store.applier)
+        return ApplierStore(path, map_size=TEST_MAP_SIZE, sync=False)
     return LmdbStore(path, map_size=TEST_MAP_SIZE, sync=False)
 
 

@@ -554,8 +554,10 @@ def test_refused_op_leaves_the_rest_of_the_batch(store: KvStore) -> None:
 
 
 def test_unexpected_error_aborts_the_whole_batch(
-    store: KvStore, monkeypatch: pytest.MonkeyPatch
+    store: KvStore, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if backend == "applier":
+        pytest.skip("the fault is patched into this process; the writer process runs the same code")
     setup(store)
     one(store, publish(1, "mb1"))
     before = dump(store)
@@ -882,7 +884,8 @@ _BATCH_OPS = st.lists(
 )
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+# the batch logic itself: the writer process ("applier") only carries the same batch across
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "applier"])
 @settings(max_examples=40, deadline=None)
 @given(ops=_BATCH_OPS)
 def test_one_batch_is_the_same_as_its_ops_one_by_one(
