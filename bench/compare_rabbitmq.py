@@ -99,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dueslag: serve --workers N (1..8; RabbitMQ's Erlang VM uses every core by itself)",
     )
     p.add_argument(
+        "--writer",
+        choices=("auto", "thread", "process"),
+        default="auto",
+        help="dueslag: serve --writer MODE (where commits run; default: the server's auto)",
+    )
+    p.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -181,11 +187,13 @@ def run_dueslag(
     work: Path,
     workers: int = 1,
     extra: Sequence[str] = (),
+    writer: str = "auto",
 ) -> dict[str, Any]:
     """One fresh server (``workers`` processes), one ``dueslag bench`` run with the
     ``extra`` options; the bench's JSON (plus its exit status)."""
     builtin, _ = SCENARIOS[name]
-    with DueslagServer(work / f"dueslag-{name}", workers=workers) as srv:
+    serve_args = ["--writer", writer]
+    with DueslagServer(work / f"dueslag-{name}", workers=workers, extra_args=serve_args) as srv:
         cmd = [
             sys.executable, "-m", "broker.loadtest", "--broker", srv.url,
             "--admin-token", srv.admin_token, "--scenario", builtin,
@@ -298,7 +306,7 @@ def one_round(
         raw = out.with_name(f"{prefix}.dueslag-{name}.json")
         try:
             extra = in_flight_args(name, args.window, args.publishers)
-            report = run_dueslag(name, args.duration, raw, work, args.workers, extra)
+            report = run_dueslag(name, args.duration, raw, work, args.workers, extra, args.writer)
             fig, summary = dueslag_figure(report, SCENARIOS[name][1])
             summary.update(json=str(raw), exit=report["_exit"], bench_args=extra)
             summary["fanout_per_type"] = (report.get("setup") or {}).get("fanout_per_type")
@@ -346,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "rounds": args.rounds,
         "dueslag_workers": args.workers,
+        "dueslag_writer": args.writer,
         **meta,
         "method": "same run, dueslag first then RabbitMQ; ratio = dueslag / RabbitMQ "
         "(with --rounds N: the median of the rounds' ratios); "

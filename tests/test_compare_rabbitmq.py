@@ -254,6 +254,16 @@ def test_the_dueslag_server_keeps_access_control_on(tmp_path: Path) -> None:
     cmd = cmp.DueslagServer(tmp_path / "d", workers=2).command(12345)
     assert cmd[cmd.index("--workers") + 1] == "2"
     assert "--no-access-control" not in cmd
+    served = cmp.DueslagServer(tmp_path / "d", extra_args=["--writer", "process"])
+    cmd = served.command(12345)
+    assert cmd[cmd.index("--writer") + 1] == "process"
+
+
+def test_the_writer_mode_is_an_option_of_the_comparison() -> None:
+    assert cmp.parse_args(["--json", "x.json"]).writer == "auto"
+    assert cmp.parse_args(["--json", "x.json", "--writer", "thread"]).writer == "thread"
+    with pytest.raises(SystemExit):
+        cmp.parse_args(["--json", "x.json", "--writer", "fork"])
 
 
 def test_the_rabbitmq_node_is_private_and_on_loopback(tmp_path: Path) -> None:
