@@ -127,7 +127,7 @@ class Supervisor:
         cmd = [sys.executable, "-m", "cli", "serve", "--data", c.data_dir]
         cmd += ["--bind", f"fd://{listen_fd}", "--workers", str(c.workers)]
         cmd += ["--worker-index", str(index), "--ready-fd", str(ready_fd)]
-        cmd += ["--dedup-window", str(c.dedup_window_s)]
+        cmd += ["--dedup-window", str(c.dedup_window_s), "--writer", c.writer]
         if not c.sync:
             cmd.append("--no-sync")
         if not c.access_control:

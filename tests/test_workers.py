@@ -105,8 +105,25 @@ class Pinned:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with ServerProcess(tmp_path_factory.mktemp("workers") / "data", workers=2) as srv:
+    # writer processes: each worker commits through its own (what "auto" picks with cores to
+    # spare), so these tests also hold two writer processes sharing one environment
+    data = tmp_path_factory.mktemp("workers") / "data"
+    with ServerProcess(data, workers=2, extra_args=["--writer", "process"]) as srv:
         yield srv
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+def test_each_worker_commits_through_its_own_writer_process(server: ServerProcess) -> None:
+    workers = child_pids(server.pid)
+    assert len(workers) == 2
+    for worker in workers:
+        (writer,) = child_pids(worker)
+        assert "--writer process" in _cmdline(worker)
+        assert "-m store.applier" in _cmdline(writer)
 
 
 @pytest.fixture
