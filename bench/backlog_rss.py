@@ -8,8 +8,8 @@ What it does:
    1.5 on average.
 3. Pushes ``--count`` envelopes of about 1 KiB each, in batches of ``--batch`` through
    ``POST /v1/messages/batch``, over keep-alive httpx clients. Nothing is consumed.
-4. Every ``--sample-every`` envelopes it samples ``/proc/<pid>/status`` of the server
-   (VmRSS, RssAnon, RssFile, RssShmem).
+4. Every ``--sample-every`` envelopes it samples ``/proc/<pid>/status`` of the server and its
+   child processes (its writer process or workers), summed: VmRSS, RssAnon, RssFile, RssShmem.
 5. Prints a table and a final JSON summary: throughput, RssAnon at 10 %, 50 % and 100 % of the
    backlog, and the last/first RssAnon ratio.
 6. Restarts the server twice, after SIGTERM and after SIGKILL. Each time it measures time-to-ready
@@ -52,7 +52,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.serverproc import ServerProcess, proc_status_kb
+from tests.serverproc import ServerProcess, tree_status_kb
 
 #: message type -> the mailboxes (by index) subscribed to it; fan-out 1 or 2, mean 1.5
 TYPES = {
@@ -63,6 +63,8 @@ TYPES = {
 }
 MAILBOXES = 4
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+
+
 MAX_503_RETRIES = 50
 MAX_RUN_S = 3600.0  # the push phase gives up after an hour, whatever the count
 HTTP_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
@@ -152,7 +154,7 @@ class Pusher:
             "envelopes": accepted,
             "deliveries": self.deliveries,
             "elapsed_s": round(now - self.t0, 3),
-            **{k + "_kib": v for k, v in proc_status_kb(self.pid, FIELDS).items()},
+            **{k + "_kib": v for k, v in tree_status_kb(self.pid, FIELDS).items()},
         }
         prev = self.samples[-1] if self.samples else {"envelopes": 0, "elapsed_s": 0.0}
         dt = row["elapsed_s"] - prev["elapsed_s"]
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         srv.start()
         summary["fresh_start_to_ready_s"] = round(srv.ready_after_s or 0, 3)
         token, boxes = _setup(srv)
-        idle = proc_status_kb(srv.pid, FIELDS)
+        idle = tree_status_kb(srv.pid, FIELDS)
         print(f"server pid {srv.pid} on {srv.url}, data in {data}")
         print(
             f"idle after setup: RssAnon {idle.get('RssAnon', 0) / 1024:.1f} MiB, "
@@ -415,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             srv = _restart(srv, how)
             srv.start()
             after = _backlog(srv, token, boxes)
-            rss = proc_status_kb(srv.pid, FIELDS)
+            rss = tree_status_kb(srv.pid, FIELDS)
             summary[f"restart_after_{how}"] = {
                 "spawn_to_ready_s": round(srv.ready_after_s or 0, 3),
                 "backlog_ready": after["ready"],

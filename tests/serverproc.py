@@ -88,6 +88,24 @@ def proc_status_kb(
     return out
 
 
+def tree_status_kb(
+    pid: int, fields: Sequence[str] = ("VmRSS", "RssAnon", "RssFile")
+) -> dict[str, int]:
+    """:func:`proc_status_kb` summed over ``pid`` and its descendants: a server's writer
+    process (``serve --writer process``) and workers are part of its memory."""
+    total: dict[str, int] = {}
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for key, kb in proc_status_kb(current, fields).items():
+                total[key] = total.get(key, 0) + kb
+        except FileNotFoundError:  # gone since it was listed
+            continue
+        todo.extend(child_pids(current))
+    return total
+
+
 def child_pids(pid: int) -> list[int]:
     """The live child processes of ``pid`` (Linux ``/proc``), e.g. the workers of a server."""
     out = []

@@ -45,7 +45,14 @@ from store.base import (
     PutDoc,
     UpdateSubscription,
 )
-from tests.serverproc import REPO_ROOT, ServerProcess, child_pids, pid_alive
+from tests.serverproc import (
+    REPO_ROOT,
+    ServerProcess,
+    child_pids,
+    pid_alive,
+    proc_status_kb,
+    tree_status_kb,
+)
 
 WORKER_HEADER = "x-dueslag-worker"
 TYPE_A = "3c1d9a52-0f4e-4d7b-9a61-5b2e8c7d4f10"
@@ -120,10 +127,16 @@ def _cmdline(pid: int) -> str:
 def test_each_worker_commits_through_its_own_writer_process(server: ServerProcess) -> None:
     workers = child_pids(server.pid)
     assert len(workers) == 2
+    tree = [server.pid, *workers]
     for worker in workers:
         (writer,) = child_pids(worker)
         assert "--writer process" in _cmdline(worker)
         assert "-m store.applier" in _cmdline(writer)
+        tree.append(writer)
+    # the memory benchmark's sum (bench/backlog_rss.py) covers all five processes
+    summed = tree_status_kb(server.pid, ("VmRSS",))["VmRSS"]
+    each = [proc_status_kb(pid, ("VmRSS",))["VmRSS"] for pid in tree]
+    assert min(each) > 0 and abs(summed - sum(each)) < 0.05 * summed  # they run: RSS moves
 
 
 @pytest.fixture
