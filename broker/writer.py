@@ -13,13 +13,14 @@ as long as a commit). While one commit fsyncs, the event loop keeps accepting an
 next batch; that pipelining is where throughput comes from. Only after the commit returns are
 the jobs' events set, so no caller ever answers 2xx for data that is not on disk.
 
-With a writer process (:mod:`store.applier`, the default of ``dueslag serve``), the same loop
-runs on the event loop instead of a thread: each batch is sent to the child and its outcome
-awaited (:mod:`broker.applierlink`), so no thread of the serving process competes with the
-event loop for the GIL. What waits for a batch, and how a batch is formed, is
+With a writer process (:mod:`store.applier`; ``dueslag serve --writer``, whose ``auto`` picks it
+where cores are free), the same loop runs on the event loop instead of a thread: each batch is
+sent to the child and its outcome awaited (:mod:`broker.applierlink`), so no thread of the
+serving process competes with the event loop for the GIL. One batch is in flight at a time,
+as with the thread. What waits for a batch, and how a batch is formed, is
 :mod:`broker.writequeue`.
 
-The thread lives exactly as long as :meth:`Writer.run` (it runs inside one
+The thread (or the shielded loop task) lives exactly as long as :meth:`Writer.run` (inside one
 ``trio.to_thread.run_sync`` call of a child task; no detached threads): cancelling ``run`` asks
 it to stop after the batch in hand, and jobs still queued then fail with ``shutting_down``.
 
