@@ -52,7 +52,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.serverproc import ServerProcess, tree_status_kb
+from tests.serverproc import ServerProcess, tree_cpu_s, tree_status_kb, tree_write_bytes
 
 #: message type -> the mailboxes (by index) subscribed to it; fan-out 1 or 2, mean 1.5
 TYPES = {
@@ -293,25 +293,6 @@ def _restart(old: ServerProcess, how: str) -> ServerProcess:
     return ServerProcess(old.data_dir, admin_token=old.admin_token, extra_args=old.extra_args)
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _write_bytes(pid: int) -> int | None:
-    """Bytes the process caused to be written to storage (``/proc/<pid>/io``), if readable."""
-    try:
-        with open(f"/proc/{pid}/io", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("write_bytes:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -361,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         head, middle, tail = pusher.head, pusher.middle, pusher.tail
         print(f"envelope: {len(head) + len(middle) + len(tail) + 72} bytes of JSON; fan-out 1-2\n")
         _print_header()
-        cpu0, my_cpu0, wb0 = _cpu_s(srv.pid), time.process_time(), _write_bytes(srv.pid)
+        cpu0, my_cpu0, wb0 = tree_cpu_s(srv.pid), time.process_time(), tree_write_bytes(srv.pid)
         pusher.t0 = time.monotonic()
         threads = [
             threading.Thread(target=pusher.run_thread, daemon=True)
@@ -372,9 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             t.join(MAX_RUN_S + 60)
         elapsed = time.monotonic() - pusher.t0
-        server_cpu, my_cpu = _cpu_s(srv.pid) - cpu0, time.process_time() - my_cpu0
+        server_cpu, my_cpu = tree_cpu_s(srv.pid) - cpu0, time.process_time() - my_cpu0
         summary["loadavg_1m_after_push"] = os.getloadavg()[0]
-        wb1 = _write_bytes(srv.pid)
+        wb1 = tree_write_bytes(srv.pid)
         if wb0 is not None and wb1 is not None and pusher.accepted:
             summary["server_disk_write_bytes_per_envelope"] = round((wb1 - wb0) / pusher.accepted)
         if pusher.error is not None:

@@ -94,15 +94,44 @@ def tree_status_kb(
     """:func:`proc_status_kb` summed over ``pid`` and its descendants: a server's writer
     process (``serve --writer process``) and workers are part of its memory."""
     total: dict[str, int] = {}
-    todo = [pid]
-    while todo:
-        current = todo.pop()
+    for current in process_tree(pid):
         try:
             for key, kb in proc_status_kb(current, fields).items():
                 total[key] = total.get(key, 0) + kb
         except FileNotFoundError:  # gone since it was listed
             continue
-        todo.extend(child_pids(current))
+    return total
+
+
+def process_tree(pid: int) -> list[int]:
+    """The server and its descendants (its writer process, or workers and theirs)."""
+    pids, todo = [], [pid]
+    while todo:
+        pids.append(todo.pop())
+        todo.extend(child_pids(pids[-1]))
+    return pids
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the server's process tree so far (``/proc/<pid>/stat``)."""
+    ticks = 0
+    for p in process_tree(pid):
+        with open(f"/proc/{p}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tree_write_bytes(pid: int) -> int | None:
+    """Bytes the server's process tree caused to be written to storage (``/proc/<pid>/io``),
+    if readable."""
+    total = 0
+    try:
+        for p in process_tree(pid):
+            with open(f"/proc/{p}/io", encoding="ascii") as f:
+                total += next(int(ln.split()[1]) for ln in f if ln.startswith("write_bytes:"))
+    except (OSError, StopIteration):
+        return None
     return total
 
 
