@@ -120,14 +120,19 @@ class WriteQueue:
                 elif now >= linger_until:
                     break
                 self._cond.wait(linger_until - now)
-            return self._take()
+            taken = self._take()
+        return None if taken is None else self._batch(*taken)
 
     async def next(self) -> Batch | None:
         """(The event loop.) The same as :meth:`next_blocking`."""
         while True:
             with self._cond:
-                if self._jobs or self._stopping or (self._deferred and self._lingered):
-                    return self._take()
+                ready = (
+                    bool(self._jobs) or self._stopping or (bool(self._deferred) and self._lingered)
+                )
+                taken = self._take() if ready else None
+            if ready:
+                return None if taken is None else self._batch(*taken)
             # nothing to take yet: no await between that check and a fresh event (one thread)
             self._arrived = trio.Event()
             if not self._deferred:
@@ -139,8 +144,9 @@ class WriteQueue:
                     self._arrived = trio.Event()
             self._lingered = True
 
-    def _take(self) -> Batch | None:
-        """(Holding the lock.) See the module docs."""
+    def _take(self) -> tuple[list[Job], list[Op], bool] | None:
+        """(Holding the lock: kept short, the event loop waits for it to queue a job.) The
+        next batch's jobs and deferred ops, and whether it is the last; see the module docs."""
         last = self._stopping
         if last and not self._deferred:
             return None
@@ -151,6 +157,10 @@ class WriteQueue:
             n += len(jobs[-1].ops)
         deferred, self._deferred = self._deferred, []
         self._lingered = False
+        return jobs, deferred, last
+
+    def _batch(self, jobs: list[Job], deferred: list[Op], last: bool) -> Batch:
+        """(Not holding the lock.) Every op of the batch, with the standing leases it takes."""
         ops = [op for job in jobs for op in job.ops]
         ops.extend(deferred)
         leases = self.standing.take(job.ops for job in jobs) if self.standing else []
