@@ -19,6 +19,8 @@ thread, since starting a process blocks) before the next batch is sent.
 
 from __future__ import annotations
 
+import logging
+
 import trio
 
 from broker.errors import StoreError
@@ -26,6 +28,8 @@ from store.applier import HEADER, ApplierStore, decode_answer, encode_request
 from store.base import ApplyOutcome, Op
 
 __all__ = ["ApplierLink"]
+
+log = logging.getLogger("dueslag.writer")
 
 #: Bytes asked of the socket per receive (an answer of 1,000 deliveries is ~1.2 MB).
 RECEIVE_CHUNK = 1 << 18
@@ -57,7 +61,15 @@ class ApplierLink:
             answer = await self._receive(size)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, EOFError) as exc:
             await self.aclose()
-            await trio.to_thread.run_sync(self._store.forget_child)
+            gone = await trio.to_thread.run_sync(self._store.forget_child)
+            pid, code = gone if gone is not None else (None, None)
+            log.error(
+                "the writer process (pid %s) died with a batch of %d ops in hand (exit code %s);"
+                " the batch failed, the next one starts another",
+                pid,
+                len(ops),
+                code,
+            )
             raise StoreError(
                 f"the writer process died during a commit ({type(exc).__name__}); "
                 "the batch may or may not have been applied"

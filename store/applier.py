@@ -183,19 +183,21 @@ class ApplierStore(LmdbStore):
             self._taken = True
             return self._sock
 
-    def forget_child(self) -> None:
-        """The taken socket broke (the caller closed it): reap the child; the next
-        :meth:`take_socket` or :meth:`apply` starts another."""
+    def forget_child(self) -> tuple[int, int] | None:
+        """The taken socket broke (the caller closed it): reap the child, and say which it was
+        (pid, exit code); the next :meth:`take_socket` or :meth:`apply` starts another."""
         with self._lock:
-            self._forget()
+            return self._forget()
 
-    def _forget(self) -> None:
+    def _forget(self) -> tuple[int, int] | None:
         if self._sock is not None:
             self._sock.close()
-        if self._child is not None:
-            _stop(self._child)
-        self._sock = self._child = None
+        child, self._sock, self._child = self._child, None, None
         self._taken = False
+        if child is None:
+            return None
+        _stop(child)
+        return child.pid, child.returncode
 
     @property
     def child_pid(self) -> int | None:

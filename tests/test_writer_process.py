@@ -131,7 +131,9 @@ async def test_remote_stop_writes_the_deferred_and_refuses_the_rest() -> None:
     assert exc.value.code == "shutting_down"
 
 
-async def test_writer_over_a_real_child_survives_its_death(tmp_path: Path) -> None:
+async def test_writer_over_a_real_child_survives_its_death(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = ApplierStore(tmp_path / "env", map_size=64 << 20, sync=False)
     try:
         _setup(store)  # type: ignore[arg-type]  # plain apply: before the writer takes over
@@ -145,6 +147,8 @@ async def test_writer_over_a_real_child_survives_its_death(tmp_path: Path) -> No
             os.kill(old, signal.SIGKILL)
             with pytest.raises(StoreError, match="writer process"):
                 await writer.submit([_publish(100)])
+            (record,) = [r for r in caplog.records if r.name == "dueslag.writer"]
+            assert f"pid {old}" in record.getMessage() and "exit code -9" in record.getMessage()
             (result,) = await writer.submit([_publish(101)])  # a new child
             assert isinstance(result, PublishResult)
             assert store.child_pid not in (None, old)

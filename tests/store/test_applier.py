@@ -104,7 +104,10 @@ def test_a_taken_socket_turns_blocking_apply_off(store: ApplierStore) -> None:
     assert sock.fileno() >= 0
     with pytest.raises(StoreError, match="take_socket"):
         store.apply([publish(1, "mb1")], 1_000)
-    store.forget_child()  # what the taker does when the child died: the next apply starts one
+    pid = store.child_pid
+    assert pid is not None
+    sock.close()  # as the taker does when the child died; the child exits at EOF
+    assert store.forget_child() == (pid, 0)  # reaped: the next apply starts another
     setup(store)
     assert store.get_mailbox("mb1") is not None
 
