@@ -116,7 +116,8 @@ class ApplierStore(LmdbStore):
         sync: bool = True,
     ) -> None:
         super().__init__(path, map_size=map_size, sync=sync)
-        self._argv = [sys.executable, "-m", "store.applier", str(self.path), str(map_size)]
+        path_arg = os.path.abspath(self.path)  # the child must not depend on our cwd
+        self._argv = [sys.executable, "-m", "store.applier", path_arg, str(map_size)]
         self._argv.append("1" if sync else "0")
         self._lock = threading.Lock()  # guards the child and the socket
         self._child: subprocess.Popen[bytes] | None = None
