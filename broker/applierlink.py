@@ -24,6 +24,7 @@ import logging
 import trio
 
 from broker.errors import StoreError
+from broker.metrics import Metrics
 from store.applier import HEADER, ApplierStore, decode_answer, encode_request
 from store.base import ApplyOutcome, Op
 
@@ -38,8 +39,9 @@ RECEIVE_CHUNK = 1 << 18
 class ApplierLink:
     """Async ``apply`` over the writer process of an :class:`ApplierStore`."""
 
-    def __init__(self, store: ApplierStore) -> None:
+    def __init__(self, store: ApplierStore, metrics: Metrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics
         self._stream: trio.SocketStream | None = None
         self._buffer = bytearray()
 
@@ -62,6 +64,8 @@ class ApplierLink:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, EOFError) as exc:
             await self.aclose()
             gone = await trio.to_thread.run_sync(self._store.forget_child)
+            if self._metrics is not None:
+                self._metrics.writer_process_deaths.inc()
             pid, code = gone if gone is not None else (None, None)
             log.error(
                 "the writer process (pid %s) died with a batch of %d ops in hand (exit code %s);"

@@ -51,6 +51,12 @@ class Metrics:
         self.expired = Counter(
             "dueslag_leases_expired", "Leases that expired (redelivered or dead)", registry=r
         )
+        self.writer_process_deaths = Counter(
+            "dueslag_writer_process_deaths",
+            "Writer processes (serve --writer process) that died with a batch in hand; the "
+            "batch failed and the next one started another",
+            registry=r,
+        )
         self.overloaded = Counter(
             "dueslag_overloaded",
             "Requests refused with 503 because the write queue was full",

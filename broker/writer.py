@@ -140,7 +140,7 @@ class Writer:
         self._failed = 0
         self._closed = False
         if remote is None and isinstance(store, ApplierStore):
-            remote = ApplierLink(store)
+            remote = ApplierLink(store, metrics)
         self._remote = remote
 
     @property

@@ -15,6 +15,7 @@ import trio.testing
 
 from broker.config import BrokerConfig
 from broker.errors import Overloaded, StoreError
+from broker.metrics import Metrics
 from broker.notifier import Notifier
 from broker.server import serve
 from broker.writer import Writer
@@ -137,7 +138,8 @@ async def test_writer_over_a_real_child_survives_its_death(
     store = ApplierStore(tmp_path / "env", map_size=64 << 20, sync=False)
     try:
         _setup(store)  # type: ignore[arg-type]  # plain apply: before the writer takes over
-        writer = Writer(store, Notifier(), clock=FakeClock())
+        metrics = Metrics()
+        writer = Writer(store, Notifier(), clock=FakeClock(), metrics=metrics)
         async with trio.open_nursery() as n:
             await n.start(writer.run)
             results = await writer.submit([_publish(i) for i in range(100)])
@@ -149,6 +151,7 @@ async def test_writer_over_a_real_child_survives_its_death(
                 await writer.submit([_publish(100)])
             (record,) = [r for r in caplog.records if r.name == "dueslag.writer"]
             assert f"pid {old}" in record.getMessage() and "exit code -9" in record.getMessage()
+            assert b"dueslag_writer_process_deaths_total 1.0" in metrics.render()
             (result,) = await writer.submit([_publish(101)])  # a new child
             assert isinstance(result, PublishResult)
             assert store.child_pid not in (None, old)
