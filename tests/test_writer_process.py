@@ -1,5 +1,6 @@
-"""The writer over a writer process: the event-loop side (broker.applierlink), pipelining,
-deferred ops and stops in that mode, a dying child, and a real server in both modes."""
+"""The writer over a writer process: its event-loop loop (group commits, one batch in flight,
+commit order, failures, deferred ops, stops), a real child dying under it (log line, metric,
+a new child), and a real server in both writer modes across a restart."""
 
 from __future__ import annotations
 
