@@ -28,7 +28,12 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIFramework
 
-from broker.config import BrokerConfig, load_or_create_admin_token, load_or_create_instance_id
+from broker.config import (
+    GC_THRESHOLDS,
+    BrokerConfig,
+    load_or_create_admin_token,
+    load_or_create_instance_id,
+)
 from broker.http import create_asgi, streams
 from broker.peers import Peers, WorkerSlot
 from broker.registry import Registry
@@ -37,11 +42,6 @@ from broker.writer import wall_ms
 from store.base import Store
 
 __all__ = ["GC_THRESHOLDS", "ServerInfo", "prepare_data", "serve"]
-
-#: ``gc.set_threshold`` for a serving process. The envelope path allocates many small
-#: containers, and the default gen-0 threshold (700) runs a collection every few envelopes; this
-#: one costs a little memory and saves ~40% of decode time (bench/pipeline_bench.py).
-GC_THRESHOLDS = (20_000, 20, 50)
 
 
 class ServerInfo:
@@ -60,7 +60,7 @@ class ServerInfo:
         return self.binds[0]
 
 
-def _prepare(config: BrokerConfig, writer_process: bool) -> tuple[str, bool, str, Store]:
+def _prepare(config: BrokerConfig, writer_process: bool = False) -> tuple[str, bool, str, Store]:
     """Blocking start-up work: the data dir, the admin token, the instance id, the store
     (writing through a writer process if asked: ``store.applier``)."""
     from store import LmdbStore

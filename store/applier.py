@@ -37,6 +37,7 @@ expiry and redelivery, as after a crash. Nothing acknowledged is lost.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -47,6 +48,7 @@ import threading
 from collections.abc import Sequence
 from typing import Final
 
+from broker.config import GC_THRESHOLDS
 from broker.errors import StoreError
 
 from .base import ApplyOutcome, Op
@@ -245,6 +247,8 @@ def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(fd))
     store = LmdbStore(path, map_size=int(map_size), sync=sync == "1")
+    gc.set_threshold(*GC_THRESHOLDS)  # as the serving process: each batch unpickles many objects
+    gc.freeze()  # what start-up made lives as long as the process
     try:
         serve(sock, store)
     except (BrokenPipeError, ConnectionResetError):
