@@ -1,9 +1,12 @@
-"""The writer (group commit, back-pressure), the notifier and the sweeper, over MemoryStore."""
+"""The writer (group commit, back-pressure, deferred ops; on its commit thread and, through a
+fake remote, on the event loop as with a writer process), the notifier and the sweeper, over
+MemoryStore."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import trio
@@ -48,6 +51,39 @@ class CountingStore(MemoryStore):
             raise StoreError("disk on fire")
         self.batches.append(len(ops))
         return super().apply(ops, now_ms)
+
+
+class FakeRemote:
+    """A RemoteApply (the writer's event-loop mode, as with a writer process) over a
+    CountingStore: applied in a thread, so holding the store's gate holds the "child"; counts
+    batches in flight."""
+
+    def __init__(self, store: CountingStore) -> None:
+        self.store = store
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.closed = False
+
+    async def apply(self, ops: list[Op], now_ms: int) -> ApplyOutcome:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await trio.to_thread.run_sync(self.store.apply, ops, now_ms)
+        finally:
+            self.in_flight -= 1
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _writer(store: CountingStore, mode: str, **options: Any) -> Writer:
+    """A writer committing on its thread ("thread") or on the event loop ("remote")."""
+    remote = FakeRemote(store) if mode == "remote" else None
+    return Writer(store, Notifier(), clock=FakeClock(), remote=remote, **options)
+
+
+#: the writer's two loops: the commit thread, and the event loop driving a writer process
+MODES = pytest.mark.parametrize("mode", ["thread", "remote"])
 
 
 def _setup(store: MemoryStore) -> None:
@@ -137,18 +173,20 @@ async def test_full_queue_answers_overloaded(autojump_clock: trio.abc.Clock) -> 
     assert store.mailbox_stats("mb").ready == 2  # refused ones stored nothing
 
 
-async def test_failed_commit_raises_and_stores_nothing() -> None:
+@MODES
+async def test_failed_commit_raises_and_stores_nothing(mode: str) -> None:
     store = CountingStore()
     _setup(store)
-    writer = Writer(store, Notifier(), clock=FakeClock())
+    writer = _writer(store, mode)
     async with trio.open_nursery() as n:
         await n.start(writer.run)
         store.fail_next = True
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreError, match="disk on fire"):
             await writer.submit([_publish(1)])
         (ok,) = await writer.submit([_publish(2)])  # the writer survives a failed batch
         assert isinstance(ok, PublishResult)
         n.cancel_scope.cancel()
+    assert writer.statistics().failed_batches == 1
     assert store.mailbox_stats("mb").ready == 1
 
 
@@ -257,10 +295,11 @@ def _audit_texts(store: MemoryStore) -> list[bytes]:
     return [raw for _, raw in store.scan_audit(0, None, 100)]
 
 
-async def test_deferred_ops_ride_with_the_next_batch() -> None:
+@MODES
+async def test_deferred_ops_ride_with_the_next_batch(mode: str) -> None:
     store = CountingStore()
     _setup(store)
-    writer = Writer(store, Notifier(), clock=FakeClock(), defer_linger=10.0)
+    writer = _writer(store, mode, defer_linger=10.0)
     async with trio.open_nursery() as n:
         await n.start(writer.run)
         writer.defer([_audit_line("a"), _audit_line("b")])
@@ -271,12 +310,15 @@ async def test_deferred_ops_ride_with_the_next_batch() -> None:
     assert _audit_texts(store) == [b"a", b"b"]
 
 
-async def test_deferred_ops_alone_are_committed_after_the_linger() -> None:
+@MODES
+async def test_deferred_ops_alone_are_committed_after_the_linger(mode: str) -> None:
     store = CountingStore()
-    writer = Writer(store, Notifier(), clock=FakeClock(), defer_linger=0.05)
+    writer = _writer(store, mode, defer_linger=0.2)
     async with trio.open_nursery() as n:
         await n.start(writer.run)
         writer.defer([_audit_line("x")])
+        await trio.sleep(0.01)
+        assert store.batches == []  # still lingering
         with trio.fail_after(10):
             while not store.batches:
                 await trio.sleep(0.01)
@@ -284,9 +326,11 @@ async def test_deferred_ops_alone_are_committed_after_the_linger() -> None:
     assert store.batches == [1] and _audit_texts(store) == [b"x"]
 
 
-async def test_deferred_ops_are_bounded_and_written_before_the_writer_stops() -> None:
+@MODES
+async def test_deferred_ops_are_bounded_and_written_before_the_writer_stops(mode: str) -> None:
     store = CountingStore()
-    writer = Writer(store, Notifier(), clock=FakeClock(), defer_linger=3600, max_deferred=2)
+    _setup(store)
+    writer = _writer(store, mode, defer_linger=3600, max_deferred=2)
     async with trio.open_nursery() as n:
         await n.start(writer.run)
         writer.defer([_audit_line("1"), _audit_line("2")])
@@ -299,3 +343,6 @@ async def test_deferred_ops_are_bounded_and_written_before_the_writer_stops() ->
     with pytest.raises(Overloaded) as exc:
         writer.defer([_audit_line("4")])
     assert exc.value.code == "shutting_down"
+    with pytest.raises(Overloaded) as refused:
+        await writer.submit([_publish(1)])
+    assert refused.value.code == "shutting_down"

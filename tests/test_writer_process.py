@@ -1,6 +1,7 @@
 """The writer over a writer process: its event-loop loop (group commits, one batch in flight,
-commit order, failures, deferred ops, stops), a real child dying under it (log line, metric,
-a new child), and a real server in both writer modes across a restart."""
+commit order; failures, deferred ops and stops run in both modes in tests/test_actors.py), a
+real child dying under it (log line, metric, a new child), and a real server in both writer
+modes across a restart."""
 
 from __future__ import annotations
 
@@ -15,37 +16,15 @@ import trio
 import trio.testing
 
 from broker.config import BrokerConfig
-from broker.errors import Overloaded, StoreError
+from broker.errors import StoreError
 from broker.metrics import Metrics
 from broker.notifier import Notifier
 from broker.server import serve
 from broker.writer import Writer
 from store.applier import ApplierStore
-from store.base import ApplyOutcome, Lease, Op, PublishResult
+from store.base import Lease, PublishResult
 from tests.conftest import ADMIN_TOKEN, TYPE1, Api, FakeClock, envelope
-from tests.test_actors import CountingStore, _audit_line, _audit_texts, _publish, _setup
-
-
-class FakeRemote:
-    """A RemoteApply over a CountingStore (applied in a thread, so holding the store's gate
-    holds the "child"); counts batches in flight."""
-
-    def __init__(self, store: CountingStore) -> None:
-        self.store = store
-        self.in_flight = 0
-        self.most_in_flight = 0
-        self.closed = False
-
-    async def apply(self, ops: list[Op], now_ms: int) -> ApplyOutcome:
-        self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        try:
-            return await trio.to_thread.run_sync(self.store.apply, ops, now_ms)
-        finally:
-            self.in_flight -= 1
-
-    async def aclose(self) -> None:
-        self.closed = True
+from tests.test_actors import CountingStore, FakeRemote, _publish, _setup
 
 
 async def test_remote_batches_are_group_commits_answered_in_order() -> None:
@@ -80,57 +59,6 @@ async def test_remote_batches_are_group_commits_answered_in_order() -> None:
     assert isinstance(leased, list)  # committed in the order queued: seqs follow i
     assert [d.body for d in leased] == [b'{"n": %d}' % i for i in range(50)]
     assert remote.closed
-
-
-async def test_remote_failed_batch_raises_and_the_writer_goes_on() -> None:
-    store = CountingStore()
-    _setup(store)
-    writer = Writer(store, Notifier(), clock=FakeClock(), remote=FakeRemote(store))
-    async with trio.open_nursery() as n:
-        await n.start(writer.run)
-        store.fail_next = True
-        with pytest.raises(StoreError, match="disk on fire"):
-            await writer.submit([_publish(1)])
-        (result,) = await writer.submit([_publish(2)])
-        assert isinstance(result, PublishResult)
-        n.cancel_scope.cancel()
-    assert writer.statistics().failed_batches == 1
-    assert store.mailbox_stats("mb").ready == 1
-
-
-async def test_remote_deferred_ops_linger_then_commit_alone() -> None:
-    store = CountingStore()
-    writer = Writer(
-        store, Notifier(), clock=FakeClock(), defer_linger=0.05, remote=FakeRemote(store)
-    )
-    async with trio.open_nursery() as n:
-        await n.start(writer.run)
-        writer.defer([_audit_line("x")])
-        await trio.sleep(0.01)
-        assert store.batches == []  # still lingering
-        with trio.fail_after(10):
-            while not store.batches:
-                await trio.sleep(0.01)
-        n.cancel_scope.cancel()
-    assert store.batches == [1] and _audit_texts(store) == [b"x"]
-
-
-async def test_remote_stop_writes_the_deferred_and_refuses_the_rest() -> None:
-    store = CountingStore()
-    _setup(store)
-    writer = Writer(
-        store, Notifier(), clock=FakeClock(), defer_linger=3600, remote=FakeRemote(store)
-    )
-    async with trio.open_nursery() as n:
-        await n.start(writer.run)
-        writer.defer([_audit_line("1"), _audit_line("2")])
-        await trio.testing.wait_all_tasks_blocked()
-        assert store.batches == []
-        n.cancel_scope.cancel()
-    assert _audit_texts(store) == [b"1", b"2"]
-    with pytest.raises(Overloaded) as exc:
-        await writer.submit([_publish(1)])
-    assert exc.value.code == "shutting_down"
 
 
 async def test_writer_over_a_real_child_survives_its_death(
