@@ -23,9 +23,8 @@ import logging
 
 import trio
 
-from broker.errors import StoreError
 from broker.metrics import Metrics
-from store.applier import HEADER, ApplierStore, decode_answer, encode_request
+from store.applier import HEADER, ApplierStore, decode_answer, died_with_batch, encode_request
 from store.base import ApplyOutcome, Op
 
 __all__ = ["ApplierLink"]
@@ -74,10 +73,7 @@ class ApplierLink:
                 len(ops),
                 code,
             )
-            raise StoreError(
-                f"the writer process died during a commit ({type(exc).__name__}); "
-                "the batch may or may not have been applied"
-            ) from exc
+            raise died_with_batch(exc) from exc
         return decode_answer(answer)
 
     async def _receive(self, n: int) -> bytes:

@@ -55,7 +55,14 @@ from .base import ApplyOutcome, Op
 from .kv import DEFAULT_MAP_SIZE
 from .lmdb_store import LmdbStore
 
-__all__ = ["HEADER", "ApplierStore", "decode_answer", "encode_request", "main"]
+__all__ = [
+    "HEADER",
+    "ApplierStore",
+    "decode_answer",
+    "died_with_batch",
+    "encode_request",
+    "main",
+]
 
 #: Bytes of a frame's length prefix (big-endian).
 HEADER: Final = 8
@@ -80,6 +87,14 @@ def decode_answer(payload: bytes) -> ApplyOutcome:
     if not isinstance(answer, ApplyOutcome):
         raise StoreError(f"the writer process answered a {type(answer).__name__}")
     return answer
+
+
+def died_with_batch(exc: BaseException) -> StoreError:
+    """The error of a batch whose writer process died under it (``exc``: how that showed)."""
+    return StoreError(
+        f"the writer process died during a commit ({type(exc).__name__}); "
+        "the batch may or may not have been applied"
+    )
 
 
 def receive_frame(sock: socket.socket) -> bytes:
@@ -169,10 +184,7 @@ class ApplierStore(LmdbStore):
                 answer = receive_frame(self._sock)
             except (OSError, EOFError) as exc:
                 self._forget()
-                raise StoreError(
-                    f"the writer process died during a commit ({type(exc).__name__}); "
-                    "the batch may or may not have been applied"
-                ) from exc
+                raise died_with_batch(exc) from exc
         return decode_answer(answer)
 
     def take_socket(self) -> socket.socket:
