@@ -455,8 +455,20 @@ async def test_short_run_accounts_for_every_envelope(
         assert report["sent"] == overrides["count"]
 
 
-async def test_stream_run_accounts_for_every_envelope(governed_server: ServerInfo) -> None:
-    scenario = with_overrides(BUILTIN["stream"], duration_s=2.0, drain_s=20.0, rate=150.0)
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"rate": 150.0},
+        # unpaced: the frames the window has room for go out in one write (COALESCE_FRAMES)
+        {"rate": "max", "count": 400, "window": 40, "duration_s": 30.0},
+    ],
+)
+async def test_stream_run_accounts_for_every_envelope(
+    governed_server: ServerInfo, overrides: dict[str, Any]
+) -> None:
+    scenario = with_overrides(
+        BUILTIN["stream"], **{"duration_s": 2.0, "drain_s": 20.0, **overrides}
+    )
     with trio.fail_after(90):
         try:
             report = await run_scenario(scenario, governed_server.url, ADMIN_TOKEN)
@@ -465,6 +477,8 @@ async def test_stream_run_accounts_for_every_envelope(governed_server: ServerInf
                 raise
             pytest.skip(str(exc))
     _assert_accounted(report)
+    if "count" in overrides:
+        assert report["sent"] == report["confirmed"] == overrides["count"]
 
 
 async def test_stream_unavailable_says_so(nursery: trio.Nursery) -> None:

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 import trio
 
+from broker.loadtest.leanws import ConnectionClosed, HandshakeError, LeanWebSocket, open_websocket
 from broker.loadtest.provision import MailboxInfo
 from broker.loadtest.receivers import MailboxConsumers, _Delivery, _Failed, book_deliveries
-from broker.loadtest.transport import RECEIVE_BYTES
 
 __all__ = ["StreamReceivers", "consume_url"]
 
@@ -64,28 +64,20 @@ class StreamReceivers(MailboxConsumers):
     a stream closes once its acks are answered (an idle one at once)."""
 
     async def _mailbox(self, index: int, mb: MailboxInfo) -> None:
-        import trio_websocket as tws
-
         state, sc = self.state, self.state.scenario
         url = consume_url(self.base_url, mb.id, sc.lease_s)
         headers = [(b"authorization", f"Bearer {mb.token}".encode())]
         try:
-            async with tws.open_websocket_url(
-                url,
-                extra_headers=headers,
-                max_message_size=MAX_MESSAGE_BYTES,
-                receive_buffer_size=RECEIVE_BYTES,
+            async with open_websocket(
+                url, headers=headers, max_message_bytes=MAX_MESSAGE_BYTES
             ) as ws:
-                await ws.send_message(b'{"credit":%d}' % sc.poll_max)
+                await ws.send(b'{"credit":%d}' % sc.poll_max)
                 await self._consume(ws, index)
-        except (tws.ConnectionClosed, tws.HandshakeError, OSError) as exc:
+        except (ConnectionClosed, HandshakeError) as exc:
             if not self._stopping:
                 state.note_error("consume_stream_closed", repr(exc))
 
-    async def _consume(self, ws: object, index: int) -> None:
-        import trio_websocket as tws
-
-        assert isinstance(ws, tws.WebSocketConnection)
+    async def _consume(self, ws: LeanWebSocket, index: int) -> None:
         state = self.state
         unanswered = 0  # ack frames sent without a reply yet
         pending: list[str] = []  # booked, not yet acknowledged
@@ -95,7 +87,7 @@ class StreamReceivers(MailboxConsumers):
             nonlocal unanswered, flush_at
             # stopping grants no more credit (the broker refuses a credit of 0: leave it out)
             frame = {"ack": pending} if self._stopping else {"ack": pending, "credit": len(pending)}
-            await ws.send_message(msgspec.json.encode(frame))
+            await ws.send(msgspec.json.encode(frame))
             pending.clear()
             flush_at = float("inf")
             unanswered += 1
@@ -115,7 +107,7 @@ class StreamReceivers(MailboxConsumers):
                         if self._stopping:
                             return
                     try:
-                        message = await ws.get_message()
+                        message = await ws.receive()
                     finally:
                         self._waits.discard(idle)
                 if message is None:

@@ -28,9 +28,15 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 import trio
 
+from broker.loadtest.leanws import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    LeanWebSocket,
+    open_websocket,
+)
 from broker.loadtest.publishers import Pacer, Result, confirm_results, take_envelopes
 from broker.loadtest.state import RunState
-from broker.loadtest.transport import RECEIVE_BYTES
 
 __all__ = ["PATH", "StreamUnavailable", "check_stream", "run_stream_sender", "stream_url"]
 
@@ -39,6 +45,8 @@ CONNECT_TIMEOUT_S = 10.0
 CONFIRM_WAIT_S = 60.0
 MAX_WINDOW_FRAMES = 10_000  # the largest ``?window=`` the server takes
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Unpaced, at most this many frames are written to the socket at once (one write).
+COALESCE_FRAMES = 32
 
 
 class StreamUnavailable(Exception):
@@ -136,6 +144,12 @@ class _Window:
             await self._lot.park()
         self.used += k
 
+    def try_acquire(self, k: int) -> bool:
+        if self.used + k > self.size:
+            return False
+        self.used += k
+        return True
+
     def release(self, k: int) -> None:
         self.used -= k
         self._lot.unpark_all()
@@ -143,8 +157,6 @@ class _Window:
 
 async def run_stream_sender(state: RunState, index: int, base_url: str, token: str) -> None:
     """One publish stream until ``state.stop_sending``, then until its window is confirmed."""
-    import trio_websocket as tws
-
     sc = state.scenario
     rate = None if sc.rate is None else sc.rate / sc.senders
     start = state.clock()
@@ -153,19 +165,19 @@ async def run_stream_sender(state: RunState, index: int, base_url: str, token: s
     pacer = Pacer(rate, sc.batch, start, state.clock)
     window = _Window(sc.window)
     pending: dict[int, list[int]] = {}  # seq -> the envelopes of that frame
+    seq = 0
     closed = trio.Event()
     settled = trio.Event()  # sending is over and every frame is confirmed (or the stream closed)
     sending_done = False
     # the server counts its window in frames; ours (in envelopes) is the tighter one
     url = stream_url(base_url, min(MAX_WINDOW_FRAMES, -(-sc.window // sc.batch)))
 
-    async def confirmer(ws: tws.WebSocketConnection) -> None:
+    async def confirmer(ws: LeanWebSocket) -> None:
         try:
             while True:
-                message = await ws.get_message()
-                data = message.encode() if isinstance(message, str) else message
+                message = await ws.receive()
                 try:
-                    frame = _frame.decode(data)
+                    frame = _frame.decode(message)  # msgspec reads str and bytes alike
                 except msgspec.DecodeError as exc:
                     state.note_error("stream_bad_frame", str(exc))
                     continue
@@ -184,7 +196,7 @@ async def run_stream_sender(state: RunState, index: int, base_url: str, token: s
                     window.release(len(ns))
                 if sending_done and not pending:
                     settled.set()
-        except tws.ConnectionClosed as exc:
+        except ConnectionClosed as exc:
             if pending:
                 state.note_error(
                     "stream_closed", f"{exc.reason}; {len(pending)} frames unconfirmed"
@@ -194,41 +206,60 @@ async def run_stream_sender(state: RunState, index: int, base_url: str, token: s
             settled.set()
             window.release(window.used)  # wake a sender waiting for a window that never comes
 
-    async def sender(ws: tws.WebSocketConnection) -> None:
-        seq = 0
+    def frame(due: float) -> str | None:
+        """The next frame's text (its envelopes registered as sent), None when sending ends."""
+        nonlocal seq
+        ns = take_envelopes(state, sc.batch, due, pacer.spacing)
+        if len(ns) < sc.batch:
+            window.release(sc.batch - len(ns))
+        if not ns:
+            return None
+        sent_ns = time.time_ns()
+        envs = [state.factory.build(n, state.factory.type_of(n), sent_ns) for n in ns]
+        seq += 1
+        pending[seq] = ns
+        # a text frame, as browsers' and most clients' JSON
+        return (b'{"seq":%d,"envelopes":[%s]}' % (seq, b",".join(envs))).decode()
+
+    async def sender(ws: LeanWebSocket) -> None:
         while not state.stop_sending.is_set() and not closed.is_set():
             due = await pacer.wait()
             await window.acquire(sc.batch)
             if state.stop_sending.is_set() or closed.is_set():
                 window.release(sc.batch)
                 return
-            ns = take_envelopes(state, sc.batch, due, pacer.spacing)
-            if len(ns) < sc.batch:
-                window.release(sc.batch - len(ns))
-            if not ns:
+            first = frame(due)
+            if first is None:
                 return
-            sent_ns = time.time_ns()
-            envs = [state.factory.build(n, state.factory.type_of(n), sent_ns) for n in ns]
-            seq += 1
-            pending[seq] = ns
-            frame = b'{"seq":%d,"envelopes":[%s]}' % (seq, b",".join(envs))
-            await ws.send_message(frame.decode())
+            frames = [first]
+            # Unpaced, the frames the window has room for go out in one socket write (each
+            # still a frame of its own), as a client library buffers sends made back to back.
+            while (
+                pacer.interval is None
+                and len(frames) < COALESCE_FRAMES
+                and not state.stop_sending.is_set()
+                and window.try_acquire(sc.batch)
+            ):
+                more = frame(state.clock())
+                if more is None:
+                    break
+                frames.append(more)
+            await ws.send_many(frames)
 
     try:
         async with (
-            tws.open_websocket_url(
+            open_websocket(
                 url,
-                extra_headers=_headers(token),
-                max_message_size=MAX_MESSAGE_BYTES,
-                message_queue_size=64,
-                receive_buffer_size=RECEIVE_BYTES,  # confirms of big frames are big too
+                headers=_headers(token),
+                max_message_bytes=MAX_MESSAGE_BYTES,
+                connect_timeout=CONNECT_TIMEOUT_S,
             ) as ws,
             trio.open_nursery() as nursery,
         ):
             nursery.start_soon(confirmer, ws)
             try:
                 await sender(ws)
-            except tws.ConnectionClosed as exc:
+            except ConnectionClosed as exc:
                 state.note_error("stream_closed", str(exc.reason))
             sending_done = True
             if not pending:
@@ -236,7 +267,7 @@ async def run_stream_sender(state: RunState, index: int, base_url: str, token: s
             with trio.move_on_after(CONFIRM_WAIT_S):  # the window's last confirms
                 await settled.wait()
             nursery.cancel_scope.cancel()
-    except tws.ConnectionRejected as exc:
+    except ConnectionRejected as exc:
         raise StreamUnavailable(url, exc.status_code) from None
-    except tws.HandshakeError as exc:
+    except HandshakeError as exc:
         raise StreamUnavailable(url, None, repr(exc)) from None
