@@ -29,7 +29,13 @@ from broker.config import BrokerConfig
 from broker.loadtest import BUILTIN, add_bench_arguments, load_scenario, run_bench
 from broker.loadtest.envelopes import EnvelopeFactory, IdScheme
 from broker.loadtest.ledger import Ledger, LedgerFull, Receipt
-from broker.loadtest.publishers import Result, ResultError, confirm_results, take_envelopes
+from broker.loadtest.publishers import (
+    Result,
+    ResultError,
+    confirm_results,
+    run_baseline,
+    take_envelopes,
+)
 from broker.loadtest.receivers import book_poll
 from broker.loadtest.runner import BenchError, run_scenario
 from broker.loadtest.scenario import ScenarioError, with_overrides
@@ -451,6 +457,10 @@ async def test_short_run_accounts_for_every_envelope(
     assert report["setup"]["authorities"] and report["setup"]["mean_fanout"] > 1
     if name == "single":
         assert report["baseline"]["per_s"] > 0 and report["baseline"]["ratio"] > 0
+        post = report["baseline_post"]
+        assert post["endpoint"] == "POST /healthz" and post["failed"] == 0
+        assert post["body_bytes"] == report["setup"]["envelope_bytes"]
+        assert post["per_s"] > 0 and post["ratio"] > 0
     if "count" in overrides:
         assert report["sent"] == overrides["count"]
 
@@ -499,6 +509,30 @@ async def test_stream_unavailable_says_so(nursery: trio.Nursery) -> None:
         pytest.raises(StreamUnavailable, match=r"not available on this server \(.* 404\)"),
     ):
         await check_stream(f"http://127.0.0.1:{port}", "token")
+
+
+async def test_a_baseline_the_broker_does_not_serve_ends_at_once(nursery: trio.Nursery) -> None:
+    """An older broker answers ``POST /healthz`` 405: the baseline says so instead of
+    hammering it for its whole length."""
+    seen: list[bytes] = []
+
+    async def refuse(conn: trio.SocketStream) -> None:
+        async with conn:
+            while data := await conn.receive_some(65536):
+                seen.append(data)
+                body = b'{"error":{"code":"method_not_allowed","message":"no"}}'
+                head = b"HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\n"
+                await conn.send_all(head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    listeners = await nursery.start(partial(trio.serve_tcp, refuse, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(10):
+        out = await run_baseline(f"http://127.0.0.1:{port}", 3, 30.0, b'{"x":1}')
+    assert out["endpoint"] == "POST /healthz" and out["body_bytes"] == 7
+    assert out["requests"] == 0 and out["per_s"] is None
+    assert out["failed"] >= 3 and out["failed_statuses"] == {"405": out["failed"]}
+    assert out["seconds"] < 5  # ended when every sender had failed, not after 30 s
+    assert seen and all(d.startswith(b"POST /healthz HTTP/1.1\r\n") for d in seen)
 
 
 async def test_wrong_admin_token_fails_the_setup(governed_server: ServerInfo) -> None:

@@ -25,6 +25,7 @@ from broker.errors import (
 )
 from broker.http import admin as admin_routes
 from broker.http import rawhttp
+from broker.http.admin import PROBE_BODY_BYTES
 from broker.http.rawhttp import (
     BODY_TIMEOUT_S,
     HttpHandler,
@@ -506,9 +507,24 @@ async def test_probes_answer_without_a_token(http: httpx.AsyncClient) -> None:
     assert ready["status"] == "ready" and isinstance(ready["writer_queued_jobs"], int)
     head = await http.head("/readyz")
     assert (head.status_code, head.content) == (200, b"")
+    # POST reads its body and drops it (the bench's trivial endpoint for a request with one)
+    r = await http.post("/healthz", content=b'{"any": "envelope"}' * 100)
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
     r = await http.post("/healthz")
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+    r = await http.post("/healthz", content=b"x" * (PROBE_BODY_BYTES + 1))
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "too_large"
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+        for _ in range(3):
+            yield b"x" * (PROBE_BODY_BYTES // 2)
+
+    r = await http.post("/healthz", content=chunked())
+    assert r.status_code == 413
+    r = await http.put("/healthz")
     assert r.status_code == 405
-    assert r.headers["allow"] == "GET, HEAD"
+    assert r.headers["allow"] == "GET, HEAD, POST"
     assert r.json()["error"]["code"] == "method_not_allowed"
 
 

@@ -73,11 +73,24 @@ def register(app: Quart, broker: Broker) -> None:
         return json_response(openapi_document())
 
 
+#: The largest body ``POST /healthz`` reads (it takes no token: kept to an envelope's size).
+PROBE_BODY_BYTES = 64 * 1024
+
+
 def probes(broker: Broker) -> dict[tuple[str, str], HttpHandler]:
-    """``GET /healthz`` (the process answers) and ``GET /readyz`` (it is ready for traffic)."""
+    """``GET /healthz`` (the process answers) and ``GET /readyz`` (it is ready for traffic).
+
+    ``POST /healthz`` reads a body (at most :data:`PROBE_BODY_BYTES`), drops it and answers as
+    ``GET`` does: the trivial endpoint for a request shaped like ``POST /v1/messages``, which
+    ``dueslag bench``'s ``single`` compares with (docs/performance.md).
+    """
     ok = json_answer({"status": "ok"})
 
     async def healthz(request: RawRequest) -> RawResponse:
+        return ok
+
+    async def healthz_post(request: RawRequest) -> RawResponse:
+        await request.body(limit=PROBE_BODY_BYTES)  # PayloadTooLarge past it
         return ok
 
     async def readyz(request: RawRequest) -> RawResponse:
@@ -86,4 +99,8 @@ def probes(broker: Broker) -> dict[tuple[str, str], HttpHandler]:
         stats = broker.writer.statistics()
         return json_answer({"status": "ready", "writer_queued_jobs": stats.queued_jobs})
 
-    return {("GET", "/healthz"): healthz, ("GET", "/readyz"): readyz}
+    return {
+        ("GET", "/healthz"): healthz,
+        ("POST", "/healthz"): healthz_post,
+        ("GET", "/readyz"): readyz,
+    }

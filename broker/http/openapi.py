@@ -256,7 +256,15 @@ def openapi_document() -> dict[str, Any]:
         "/healthz": {
             "get": operation(
                 "Liveness probe (no token)", "200", {"type": "object"}, auth=None, errors=()
-            )
+            ),
+            "post": operation(
+                "Liveness probe with a request body (at most 64 KiB, dropped; no token): the "
+                "trivial endpoint `dueslag bench` compares POST /v1/messages with",
+                "200",
+                {"type": "object"},
+                auth=None,
+                errors=("413",),
+            ),
         },
         "/readyz": {
             "get": operation(

@@ -100,13 +100,16 @@ class RawRequest:
                 return value.decode("latin1")
         return None
 
-    async def body(self) -> bytes:
-        """The whole body, within the size limit and :data:`BODY_TIMEOUT_S`.
+    async def body(self, limit: int | None = None) -> bytes:
+        """The whole body, within the size limit (the route's, or ``limit`` when smaller) and
+        :data:`BODY_TIMEOUT_S`.
 
         Error handling:
             :class:`PayloadTooLarge` when ``Content-Length`` or the bytes received pass the
             limit, :class:`RequestTimeout` when the body is slower than the timeout.
         """
+        if limit is not None and limit < self._limit:
+            self._limit = limit
         declared = self.header(b"content-length")
         if declared is not None and declared.isdecimal() and int(declared) > self._limit:
             raise PayloadTooLarge("request body too large")

@@ -20,6 +20,7 @@ refuses its envelopes; 401/403 also stop the sender (its set-up is wrong, retryi
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import httpx
@@ -245,22 +246,33 @@ async def _post(
 
 
 async def run_baseline(
-    base_url: str, senders: int, seconds: float, clock: Callable[[], float] = time.perf_counter
+    base_url: str,
+    senders: int,
+    seconds: float,
+    body: bytes | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, object]:
-    """``GET /healthz`` as fast as ``senders`` keep-alive connections go, for ``seconds``.
+    """``GET /healthz`` (or, with ``body``, ``POST /healthz`` carrying it) as fast as
+    ``senders`` keep-alive connections go, for ``seconds``.
 
     The framework's per-request ceiling on this machine, in the same run as the measurement
-    it is compared with.
+    it is compared with: ``GET`` the barest request, ``POST`` with an envelope's bytes a
+    request of the same shape as ``POST /v1/messages`` (the broker reads and drops the body).
     """
     done = 0
     failed = 0
+    statuses: Counter[int] = Counter()
+    headers = {"Content-Type": "application/json"}
 
     async def one() -> None:
         nonlocal done, failed
         async with LeanClient(base_url, timeout=REQUEST_TIMEOUT_S) as http:
             while True:
                 try:
-                    r = await http.get("/healthz")
+                    if body is None:
+                        r = await http.get("/healthz")
+                    else:
+                        r = await http.post("/healthz", content=body, headers=headers)
                 except httpx.TransportError:
                     failed += 1
                     await trio.sleep(BACKOFF_S)
@@ -269,18 +281,30 @@ async def run_baseline(
                     done += 1
                 else:
                     failed += 1
+                    statuses[r.status_code] += 1
+                    if not done and failed >= senders:  # not served (an older broker): stop
+                        raise _Unserved
 
     t0 = clock()
     with trio.move_on_after(seconds):
-        async with trio.open_nursery() as nursery:
-            for _ in range(senders):
-                nursery.start_soon(one)
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(senders):
+                    nursery.start_soon(one)
+        except* _Unserved:
+            pass
     elapsed = clock() - t0
     return {
-        "endpoint": "GET /healthz",
+        "endpoint": "GET /healthz" if body is None else "POST /healthz",
+        "body_bytes": 0 if body is None else len(body),
         "senders": senders,
         "seconds": round(elapsed, 3),
         "requests": done,
         "failed": failed,
-        "per_s": round(done / elapsed, 1) if elapsed > 0 else None,
+        "failed_statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "per_s": round(done / elapsed, 1) if elapsed > 0 and done else None,
     }
+
+
+class _Unserved(Exception):
+    """The baseline's endpoint answers with an error: there is nothing to measure."""

@@ -56,6 +56,18 @@ def _rate(count: int, start: float | None, end: float | None) -> tuple[float | N
     return round(count / window, 1), round(window, 3)
 
 
+def _with_ratio(
+    baseline: dict[str, Any] | None, publish_per_s: float | None, per_request: int
+) -> dict[str, Any] | None:
+    """A baseline with ``ratio``: the scenario's requests/s over the baseline's."""
+    if not baseline:
+        return None
+    out = dict(baseline)
+    if out.get("per_s") and publish_per_s:
+        out["ratio"] = round(publish_per_s / per_request / out["per_s"], 3)
+    return out
+
+
 def build_report(
     state: RunState,
     acc: Accounting,
@@ -74,10 +86,9 @@ def build_report(
     deliver_per_s, deliver_window = _rate(acc.delivered, state.t_receive, state.t_last_delivery)
     delivered = state.deliver_latency.summary()
     confirm = state.confirm_latency.summary()
-    baseline = dict(state.baseline) if state.baseline else None
-    if baseline and baseline.get("per_s") and publish_per_s:
-        # requests/s of the scenario vs of the trivial endpoint, same senders, same run
-        baseline["ratio"] = round(publish_per_s / sc.batch / baseline["per_s"], 3)
+    # requests/s of the scenario vs of the trivial endpoint, same senders, same run
+    baseline = _with_ratio(state.baseline, publish_per_s, sc.batch)
+    baseline_post = _with_ratio(state.baseline_post, publish_per_s, sc.batch)
     load_s = None
     if state.t_load is not None and state.t_load_end is not None:
         load_s = round(state.t_load_end - state.t_load, 3)
@@ -129,6 +140,7 @@ def build_report(
         "server": server,
         "checks": _checks(acc, state, server),
         "baseline": baseline,
+        "baseline_post": baseline_post,
         "setup": setup,
         "scenario_config": msgspec.to_builtins(sc),
         "run": {

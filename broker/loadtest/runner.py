@@ -199,6 +199,11 @@ async def run_scenario(
         if scenario.baseline_s > 0:
             state.phase = "baseline"
             state.baseline = await run_baseline(base_url, scenario.senders, scenario.baseline_s)
+            # the same with a request shaped like the scenario's: one envelope of the run
+            body = factory.build(0, factory.type_of(0), time.time_ns())
+            state.baseline_post = await run_baseline(
+                base_url, scenario.senders, scenario.baseline_s, body
+            )
         before = await _scrape(http, admin_token, state)
         host_before = host_load()
         cpu0 = time.process_time()

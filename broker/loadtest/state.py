@@ -75,7 +75,8 @@ class RunState:
         self.drained = trio.Event()
         self.senders_alive = 0
         self.timeline: list[Sample] = []
-        self.baseline: dict[str, Any] | None = None
+        self.baseline: dict[str, Any] | None = None  # GET /healthz
+        self.baseline_post: dict[str, Any] | None = None  # POST /healthz with an envelope
 
     def note_error(self, kind: str, message: str) -> None:
         """Count an event of ``kind``; keep its message if it is one of the first 20 distinct."""
