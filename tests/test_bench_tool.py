@@ -23,11 +23,14 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.codec import JSON, decode_envelope
 from broker.config import BrokerConfig
 from broker.loadtest import BUILTIN, add_bench_arguments, load_scenario, run_bench
 from broker.loadtest.envelopes import EnvelopeFactory, IdScheme
+from broker.loadtest.latency import LatencyRecorder
 from broker.loadtest.ledger import Ledger, LedgerFull, Receipt
 from broker.loadtest.publishers import (
     Result,
@@ -152,6 +155,23 @@ def test_ledger_capacity_is_bounded() -> None:
     led.add_sent(0, 0.0)
     with pytest.raises(LedgerFull):
         led.add_sent(0, 0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=-10, max_value=5_000_000_000), max_size=300))
+def test_record_many_by_bucket_equals_recording_each_value(values: list[int]) -> None:
+    """record_many counts by bucket before recording: the histogram (counts, min, max, mean,
+    percentiles) is exactly what recording every value one by one gives."""
+    many, each = LatencyRecorder("many"), LatencyRecorder("each")
+    many.record_many(values)
+    for v in values:
+        each.record(v)
+    for a, b in ((many.total, each.total), (many.window, each.window)):
+        assert a.get_total_count() == b.get_total_count() == len(values)
+        assert list(a.counts) == list(b.counts)
+        assert (a.get_min_value(), a.get_max_value()) == (b.get_min_value(), b.get_max_value())
+    assert many.summary() == each.summary()
+    assert many.distribution() == each.distribution()
 
 
 def test_synthetic_stream_with_redeliveries_and_injected_duplicates() -> None:
