@@ -10,9 +10,14 @@ Modules (each one noun):
 ``provision``      systems, authority tokens, approved agreements, mailboxes, subscriptions
 ``ledger``         loss and duplicate accounting (pure)
 ``latency``        HDR histograms: send→confirm, send→delivered
-``publishers``     HTTP senders (batch, single), pacing, retries; the /healthz baseline
+``publishers``     HTTP senders (batch, single), pacing, retries; the /healthz baselines
+``leanhttp``       the senders' HTTP/1.1 client (h11 over trio)
 ``stream``         the WebSocket publish channel (its protocol lives only here)
+``leanws``         the streams' WebSocket client (wsproto over trio, no helper tasks)
 ``receivers``      long-poll + ack consumers
+``consumers``      consume-stream consumers (credit, ack frames)
+``transport``      the httpx clients of set-up, polls and clean-up; the TLS context
+``state``          one run's shared state
 ``servermetrics``  the broker's counters before and after
 ``runner``         one run: set-up, load, drain, report
 ``report``         the JSON result and the PNG chart
