@@ -595,6 +595,25 @@ def test_dueslag_bench_writes_the_contract_json_and_chart(
     assert "lost 0, duplicates 0" in capsys.readouterr().out
 
 
+def test_summary_line_names_both_baseline_ratios() -> None:
+    from broker.loadtest.command import _summary
+
+    report: dict[str, Any] = {
+        "scenario": "single", "sent": 1200, "confirmed": 1200, "delivered": 1200, "lost": 0,
+        "duplicates": 0, "throughput": {"publish_per_s": 600.0, "deliver_per_s": 900.0},
+        "latency_ms": {"p50": 4.2, "p99": 9.9},
+        "baseline": {"endpoint": "GET /healthz", "per_s": 1200.0, "ratio": 0.5},
+        "baseline_post": {"endpoint": "POST /healthz", "per_s": 800.0, "ratio": 0.75},
+    }  # fmt: skip
+    line = _summary(report)
+    assert line.startswith("single: sent 1,200, confirmed 1,200, delivered 1,200, lost 0")
+    assert line.endswith("; requests/s 0.5 of GET /healthz, 0.75 of POST /healthz")
+    report["baseline_post"] = {"endpoint": "POST /healthz", "per_s": None}  # not served
+    assert _summary(report).endswith("; requests/s 0.5 of GET /healthz")
+    del report["baseline"], report["baseline_post"]
+    assert _summary(report).endswith("p99 9.9 ms")
+
+
 def test_bad_scenario_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = argparse.ArgumentParser()
     add_bench_arguments(p)

@@ -85,12 +85,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _summary(report: dict[str, Any]) -> str:
     tp, lat = report["throughput"], report["latency_ms"]
-    return (
+    line = (
         f"{report['scenario']}: sent {report['sent']:,}, confirmed {report['confirmed']:,}, "
         f"delivered {report['delivered']:,}, lost {report['lost']}, duplicates "
         f"{report['duplicates']}; publish {tp['publish_per_s']}/s, deliver "
         f"{tp['deliver_per_s']}/s; send→delivered p50 {lat['p50']} ms, p99 {lat['p99']} ms"
     )
+    ratios = [
+        f"{b['ratio']} of {b['endpoint']}"
+        for b in (report.get("baseline"), report.get("baseline_post"))
+        if b and b.get("ratio") is not None
+    ]
+    return line + (f"; requests/s {', '.join(ratios)}" if ratios else "")
 
 
 def run_bench(args: argparse.Namespace) -> int:
