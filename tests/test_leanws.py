@@ -78,6 +78,18 @@ async def serve(nursery: trio.Nursery, script: Script, accept: bool = True) -> s
     return f"ws://127.0.0.1:{port}/v1/stream/publish?window=5"
 
 
+async def closed_after(url: str, first: str) -> ConnectionClosed:
+    """Receive ``first``, then the close the next receive raises; sending fails after it."""
+    with trio.fail_after(10):
+        async with open_websocket(url, max_message_bytes=MAX) as ws:
+            assert await ws.receive() == first
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.receive()
+            with pytest.raises(ConnectionClosed):
+                await ws.send("too late")
+            return info.value
+
+
 async def test_handshake_and_messages_both_ways(nursery: trio.Nursery) -> None:
     seen: list[Any] = []
 
@@ -169,15 +181,8 @@ async def test_a_close_from_the_server_comes_after_the_messages_before_it(
         event = await peer.next_event()
         assert isinstance(event, CloseConnection) and event.code == 4000  # answered
 
-    url = await serve(nursery, bye)
-    with trio.fail_after(10):
-        async with open_websocket(url, max_message_bytes=MAX) as ws:
-            assert await ws.receive() == "last"
-            with pytest.raises(ConnectionClosed) as info:
-                await ws.receive()
-            assert (info.value.code, info.value.reason) == (4000, "bye")
-            with pytest.raises(ConnectionClosed):
-                await ws.send("too late")
+    closed = await closed_after(await serve(nursery, bye), "last")
+    assert (closed.code, closed.reason) == (4000, "bye")
 
 
 async def test_a_message_over_the_limit_closes_the_connection(nursery: trio.Nursery) -> None:
@@ -203,13 +208,8 @@ async def test_a_broken_connection_is_connection_closed(nursery: trio.Nursery) -
     async def drop(peer: Peer, request: Request) -> None:
         await peer.send(TextMessage("one"))  # then the stream closes without a close frame
 
-    url = await serve(nursery, drop)
-    with trio.fail_after(10):
-        async with open_websocket(url, max_message_bytes=MAX) as ws:
-            assert await ws.receive() == "one"
-            with pytest.raises(ConnectionClosed) as info:
-                await ws.receive()
-            assert info.value.code == 1006
+    closed = await closed_after(await serve(nursery, drop), "one")
+    assert closed.code == 1006
 
 
 async def test_a_cancelled_receive_loses_nothing(nursery: trio.Nursery) -> None:
