@@ -162,3 +162,36 @@ async def test_before_runs_ahead_of_each_stream_handler() -> None:
 
 async def _never(scope: dict[str, Any], receive: Any, send: Any) -> None:
     raise AssertionError("not for the Quart app")
+
+
+async def test_receive_nowait_takes_what_a_trio_channel_already_holds() -> None:
+    """hypercorn's trio worker hands the app its queue's bound ``receive``: frames already
+    queued are taken without waiting; a disconnect among them ends the stream as
+    ``receive`` does."""
+    send, receive = trio.open_memory_channel[dict[str, Any]](10)
+    cancel = trio.CancelScope()
+    conn = FakeConnection()
+    ws = RawWebsocket(ws_scope("/s"), receive.receive, conn.send, cancel)
+    assert ws.receive_nowait() is None  # nothing queued
+    for event in (
+        {"type": "websocket.receive", "text": "one"},
+        {"type": "websocket.receive", "bytes": b"two", "text": None},
+        {"type": "websocket.receive", "text": "three"},
+        {"type": "websocket.disconnect", "code": 1000},
+        {"type": "websocket.receive", "text": "after"},
+    ):
+        send.send_nowait(event)
+    assert await ws.receive() == "one"
+    assert ws.receive_nowait() == b"two"
+    assert ws.receive_nowait() == "three"
+    assert not ws.gone
+    assert ws.receive_nowait() is None  # the disconnect
+    assert ws.gone and cancel.cancel_called
+    assert ws.receive_nowait() is None and await ws.receive() is None
+
+
+async def test_receive_nowait_without_a_trio_channel_is_always_none() -> None:
+    conn = FakeConnection({"type": "websocket.receive", "text": "one"})
+    ws = RawWebsocket(ws_scope("/s"), conn.receive, conn.send, trio.CancelScope())
+    assert ws.receive_nowait() is None and conn.received == 0  # never calls receive
+    assert await ws.receive() == "one"

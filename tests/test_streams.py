@@ -28,7 +28,10 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_st
 from broker.config import BrokerConfig
 from broker.errors import InvalidInput, Overloaded
 from broker.http import streams
+from broker.http.publish import READ_AHEAD_FRAMES
 from broker.http.streams import hub_of
+from broker.loadtest.leanws import ConnectionClosed as ConnectionClosedLean
+from broker.loadtest.leanws import open_websocket
 from broker.server import ServerInfo, serve
 from broker.streamhub import Credit
 from broker.streaming import PublishFrame, PublishWindow, decode_publish_frame
@@ -197,6 +200,68 @@ async def test_publish_pipelined_each_frame_confirmed_once(admin: Api, server: S
         n_type1 = expected_envelopes - frames // 5
         assert (await sys.stats(mb1))["ready"] == n_type1
         assert (await sys.stats(mb2))["ready"] == expected_envelopes
+
+
+async def test_frames_written_at_once_are_read_ahead_into_one_job(
+    admin: Api, server: ServerInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames that reach the server in one write are queued as few writer jobs (at most
+    READ_AHEAD_FRAMES frames each), and each frame is still confirmed with its own results,
+    in order; a frame that breaks the stream ends it after the good ones before it."""
+    calls: list[int] = []
+    publish_enqueue = server.broker.publish_enqueue
+
+    async def counted(sender: Any, items: Any, ip: Any, on_done: Any) -> None:
+        calls.append(len(items))
+        await publish_enqueue(sender, items, ip, on_done)
+        # as a busy event loop would: meanwhile hypercorn queues the frames it has parsed
+        # (up to its app queue's 10); idle, the two tasks take turns, one frame each
+        await trio.sleep(0.01)
+
+    monkeypatch.setattr(server.broker, "publish_enqueue", counted)
+    with trio.fail_after(30):
+        sys = await admin.system()
+        mb = await sys.mailbox(TYPE1)
+        url = server.url.replace("http://", "ws://") + "/v1/stream/publish"
+        headers = [(b"authorization", sys.headers["Authorization"].encode())]
+        frames = []
+        for seq in range(150):
+            if seq % 7 == 3:  # a bad item in a frame of its own
+                frames.append(json.dumps({"seq": seq, "envelope": bad_envelope()}))
+            elif seq % 10 == 0:
+                frames.append(
+                    json.dumps({"seq": seq, "envelopes": [envelope(TYPE1), envelope(TYPE1)]})
+                )
+            else:
+                frames.append(json.dumps({"seq": seq, "envelope": envelope(TYPE1)}))
+        async with open_websocket(url, headers=headers, max_message_bytes=MAX_MESSAGE) as ws:
+            await ws.send_many(frames)
+            got: dict[int, dict[str, Any]] = {}
+            while len(got) < len(frames):
+                for c in json.loads(await ws.receive())["confirms"]:
+                    assert c["seq"] not in got
+                    got[c["seq"]] = c
+            await ws.send_many([json.dumps({"seq": 200, "envelope": envelope(TYPE1)}), "{}"])
+            last = [json.loads(await ws.receive()) for _ in range(2)]
+            with pytest.raises(ConnectionClosedLean) as info:
+                await ws.receive()
+        assert [c["seq"] for c in last[0]["confirms"]] == [200]  # stored before the bad frame
+        assert last[1]["error"]["code"] == "invalid"
+        assert info.value.code == 1007
+    stored = 0
+    for seq, c in got.items():
+        results = c["results"]
+        if seq % 7 == 3:
+            assert [r["error"]["code"] for r in results] == ["invalid_envelope"]
+        else:
+            assert len(results) == (2 if seq % 10 == 0 else 1)
+            assert all(r["mailboxes"] == 1 and not r["duplicate"] for r in results)
+            stored += len(results)
+    items = sum(len(c["results"]) for c in got.values())
+    assert sum(calls) == items + 1  # every item once (a bad one too: refused in place)
+    assert len(calls) < len(frames) // 4  # read ahead: far fewer jobs than frames
+    assert max(calls) <= READ_AHEAD_FRAMES * 2  # at most 64 frames of at most 2 items
+    assert (await sys.stats(mb))["ready"] == stored + 1  # with seq 200
 
 
 async def test_publish_keeps_order_and_dedups(admin: Api, server: ServerInfo) -> None:
