@@ -166,8 +166,8 @@ async def _never(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 async def test_receive_nowait_takes_what_a_trio_channel_already_holds() -> None:
     """hypercorn's trio worker hands the app its queue's bound ``receive``: frames already
-    queued are taken without waiting; a disconnect among them ends the stream as
-    ``receive`` does."""
+    queued are taken without waiting; a disconnect among them ends the stream at the next
+    ``receive``, as a disconnect it reads itself does."""
     send, receive = trio.open_memory_channel[dict[str, Any]](10)
     cancel = trio.CancelScope()
     conn = FakeConnection()
@@ -185,9 +185,10 @@ async def test_receive_nowait_takes_what_a_trio_channel_already_holds() -> None:
     assert ws.receive_nowait() == b"two"
     assert ws.receive_nowait() == "three"
     assert not ws.gone
-    assert ws.receive_nowait() is None  # the disconnect
-    assert ws.gone and cancel.cancel_called
-    assert ws.receive_nowait() is None and await ws.receive() is None
+    assert ws.receive_nowait() is None  # the disconnect: what was taken is handled first,
+    assert ws.gone and not cancel.cancel_called  # and the next receive cancels the handler
+    assert ws.receive_nowait() is None
+    assert await ws.receive() is None and cancel.cancel_called
 
 
 async def test_receive_nowait_without_a_trio_channel_is_always_none() -> None:

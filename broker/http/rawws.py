@@ -100,6 +100,7 @@ class RawWebsocket:
             data = self._message(await self._receive())
             if data is not None:
                 return data
+        self._cancel.cancel()  # (again, if receive_nowait took the disconnect: cancelled now)
         return None
 
     def receive_nowait(self) -> str | bytes | None:
@@ -114,14 +115,15 @@ class RawWebsocket:
         return None
 
     def _message(self, event: dict[str, Any]) -> str | bytes | None:
-        """A received message's data; None for any other event (a disconnect: now gone)."""
+        """A received message's data; None for any other event (a disconnect: now gone, and
+        the handler is cancelled by the next ``receive``, so that what ``receive_nowait``
+        took before the disconnect is still handled)."""
         kind = event["type"]
         if kind == "websocket.receive":
             data: str | bytes | None = event.get("bytes")
             return data if data is not None else event["text"]
         if kind == "websocket.disconnect":
             self.gone = True
-            self._cancel.cancel()
         return None
 
     async def send(self, data: str | bytes) -> None:
