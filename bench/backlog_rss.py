@@ -63,8 +63,6 @@ TYPES = {
 }
 MAILBOXES = 4
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
-
-
 MAX_503_RETRIES = 50
 MAX_RUN_S = 3600.0  # the push phase gives up after an hour, whatever the count
 HTTP_TIMEOUT = httpx.Timeout(120.0, connect=10.0)

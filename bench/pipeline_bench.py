@@ -39,10 +39,10 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from broker.codec import JSON, decode_envelope, split_batch
-from broker.config import BrokerConfig
+from broker.config import GC_THRESHOLDS, BrokerConfig
 from broker.delivery import deliveries_out
 from broker.demo import DEMO_MESSAGE_TYPES
-from broker.server import GC_THRESHOLDS, _prepare, _seed
+from broker.server import _prepare, _seed
 from broker.service import Broker
 from store.base import Ack, Lease
 

@@ -28,12 +28,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.typing import ASGIFramework
 
-from broker.config import (
-    GC_THRESHOLDS,
-    BrokerConfig,
-    load_or_create_admin_token,
-    load_or_create_instance_id,
-)
+from broker.config import BrokerConfig, load_or_create_admin_token, load_or_create_instance_id
 from broker.http import create_asgi, streams
 from broker.peers import Peers, WorkerSlot
 from broker.registry import Registry
@@ -41,7 +36,7 @@ from broker.service import Broker
 from broker.writer import wall_ms
 from store.base import Store
 
-__all__ = ["GC_THRESHOLDS", "ServerInfo", "prepare_data", "serve"]
+__all__ = ["ServerInfo", "prepare_data", "serve"]
 
 
 class ServerInfo:

@@ -19,10 +19,10 @@ from typing import Any
 
 import trio
 
-from broker.config import BrokerConfig
+from broker.config import GC_THRESHOLDS, BrokerConfig
 from broker.datalock import DataDirBusy, DataDirLock
 from broker.peers import WorkerSlot
-from broker.server import GC_THRESHOLDS, ServerInfo, prepare_data, serve
+from broker.server import ServerInfo, prepare_data, serve
 from broker.workers import MAX_WORKERS, Supervisor, ready_signal, watch_parent
 
 __all__ = ["serve_command"]

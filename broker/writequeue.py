@@ -164,7 +164,6 @@ class WriteQueue:
         ops = [op for job in jobs for op in job.ops]
         ops.extend(deferred)
         leases = self.standing.take(job.ops for job in jobs) if self.standing else []
-        ops.extend(
-            lease.op for lease in leases
-        )  # after the publishes: they lease what those stored
+        # after the publishes: the same transaction leases what they stored
+        ops.extend(lease.op for lease in leases)
         return Batch(jobs, leases, ops, last)

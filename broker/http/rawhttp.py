@@ -108,10 +108,9 @@ class RawRequest:
             :class:`PayloadTooLarge` when ``Content-Length`` or the bytes received pass the
             limit, :class:`RequestTimeout` when the body is slower than the timeout.
         """
-        if limit is not None and limit < self._limit:
-            self._limit = limit
+        limit = self._limit if limit is None else min(limit, self._limit)
         declared = self.header(b"content-length")
-        if declared is not None and declared.isdecimal() and int(declared) > self._limit:
+        if declared is not None and declared.isdecimal() and int(declared) > limit:
             raise PayloadTooLarge("request body too large")
         chunks: list[bytes] = []
         size = 0
@@ -122,7 +121,7 @@ class RawRequest:
                     raise _ClientGone
                 chunk: bytes = event.get("body", b"")
                 size += len(chunk)
-                if size > self._limit:
+                if size > limit:
                     raise PayloadTooLarge("request body too large")
                 chunks.append(chunk)
                 if not event.get("more_body", False):
