@@ -481,6 +481,13 @@ async def test_short_run_accounts_for_every_envelope(
         assert post["endpoint"] == "POST /healthz" and post["failed"] == 0
         assert post["body_bytes"] == report["setup"]["envelope_bytes"]
         assert post["per_s"] > 0 and post["ratio"] > 0
+        for b in (report["baseline"], post):  # before the load and after it, merged
+            before, after = b["runs"]
+            assert b["endpoint"] == before["endpoint"] == after["endpoint"]
+            assert b["requests"] == before["requests"] + after["requests"] > 0
+            assert b["per_s"] == round(b["requests"] / b["seconds"], 1)
+            assert before["seconds"] >= 0.5 and after["seconds"] >= 0.5
+            assert before["ratio"] > 0 and after["ratio"] > 0
     if "count" in overrides:
         assert report["sent"] == overrides["count"]
 
@@ -593,6 +600,31 @@ def test_dueslag_bench_writes_the_contract_json_and_chart(
     assert set(report["latency_ms"]) >= {"p50", "p99"}
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "lost 0, duplicates 0" in capsys.readouterr().out
+
+
+def test_a_bracketed_baseline_is_its_requests_over_its_seconds() -> None:
+    """Before and after the load: a machine that slowed down during the run moves the
+    baseline's side of the ratio as much as the scenario's (a mean of the two rates would
+    weigh a short run as much as a long one)."""
+    from broker.loadtest.publishers import bracket
+    from broker.loadtest.report import _with_ratio
+
+    def run(requests: int, seconds: float, **statuses: int) -> dict[str, Any]:
+        return {
+            "endpoint": "POST /healthz", "body_bytes": 900, "senders": 4, "seconds": seconds,
+            "requests": requests, "failed": sum(statuses.values()),
+            "failed_statuses": statuses, "per_s": round(requests / seconds, 1),
+        }  # fmt: skip
+
+    merged = bracket(run(3000, 3.0, **{"503": 1}), run(1000, 2.0, **{"503": 2, "500": 1}))
+    assert merged["requests"] == 4000 and merged["seconds"] == 5.0 and merged["per_s"] == 800.0
+    assert merged["failed"] == 4 and merged["failed_statuses"] == {"500": 1, "503": 3}
+    assert [r["per_s"] for r in merged["runs"]] == [1000.0, 500.0]
+    rated = _with_ratio(merged, 600.0, 1)
+    assert rated is not None
+    assert rated["ratio"] == 0.75 and [r["ratio"] for r in rated["runs"]] == [0.6, 1.2]
+    nothing = bracket(run(0, 1.0), run(0, 1.0))
+    assert nothing["per_s"] is None and "ratio" not in (_with_ratio(nothing, 600.0, 1) or {})
 
 
 def test_summary_line_names_both_baseline_ratios() -> None:

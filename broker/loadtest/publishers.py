@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import msgspec
@@ -36,6 +37,7 @@ __all__ = [
     "Pacer",
     "Result",
     "ResultError",
+    "bracket",
     "confirm_results",
     "run_baseline",
     "run_http_sender",
@@ -303,6 +305,25 @@ async def run_baseline(
         "failed": failed,
         "failed_statuses": {str(k): v for k, v in sorted(statuses.items())},
         "per_s": round(done / elapsed, 1) if elapsed > 0 and done else None,
+    }
+
+
+def bracket(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """One baseline from two runs of it, one before the load and one after: its requests over
+    its seconds, so a machine that sped up or slowed down during the run moves both sides of
+    the ratio alike; ``runs`` keeps the two."""
+    seconds = before["seconds"] + after["seconds"]
+    requests = before["requests"] + after["requests"]
+    statuses = Counter({int(k): v for k, v in before["failed_statuses"].items()})
+    statuses.update({int(k): v for k, v in after["failed_statuses"].items()})
+    return {
+        **before,
+        "seconds": round(seconds, 3),
+        "requests": requests,
+        "failed": before["failed"] + after["failed"],
+        "failed_statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "per_s": round(requests / seconds, 1) if seconds > 0 and requests else None,
+        "runs": [before, after],
     }
 
 

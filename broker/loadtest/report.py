@@ -59,12 +59,15 @@ def _rate(count: int, start: float | None, end: float | None) -> tuple[float | N
 def _with_ratio(
     baseline: dict[str, Any] | None, publish_per_s: float | None, per_request: int
 ) -> dict[str, Any] | None:
-    """A baseline with ``ratio``: the scenario's requests/s over the baseline's."""
+    """A baseline with ``ratio``: the scenario's requests/s over the baseline's (and over
+    each of its ``runs``, before and after the load)."""
     if not baseline:
         return None
     out = dict(baseline)
     if out.get("per_s") and publish_per_s:
         out["ratio"] = round(publish_per_s / per_request / out["per_s"], 3)
+    if "runs" in out:
+        out["runs"] = [_with_ratio(run, publish_per_s, per_request) for run in out["runs"]]
     return out
 
 

@@ -37,7 +37,12 @@ from broker.loadtest.leanhttp import LeanClient
 from broker.loadtest.ledger import Ledger
 from broker.loadtest.progress import Display
 from broker.loadtest.provision import Provisioned, cleanup, provision
-from broker.loadtest.publishers import REQUEST_TIMEOUT_S, run_baseline, run_http_sender
+from broker.loadtest.publishers import (
+    REQUEST_TIMEOUT_S,
+    bracket,
+    run_baseline,
+    run_http_sender,
+)
 from broker.loadtest.receivers import MailboxConsumers, Receivers
 from broker.loadtest.report import build_report, host_load
 from broker.loadtest.scenario import Scenario
@@ -196,13 +201,16 @@ async def run_scenario(
             prov.topology.routes, scenario.mailboxes, max_envelopes=scenario.planned_envelopes()
         )
         state = RunState(scenario, ledger, factory, ids)
+        # the baselines run before the load and again after it (in the mirrored order), so
+        # that a machine whose speed drifts during the run moves both sides of the ratio
+        # alike; the POST carries a request shaped like the scenario's: one envelope of it
+        body = factory.build(0, factory.type_of(0), time.time_ns())
+        baselines = []
         if scenario.baseline_s > 0:
             state.phase = "baseline"
-            state.baseline = await run_baseline(base_url, scenario.senders, scenario.baseline_s)
-            # the same with a request shaped like the scenario's: one envelope of the run
-            body = factory.build(0, factory.type_of(0), time.time_ns())
-            state.baseline_post = await run_baseline(
-                base_url, scenario.senders, scenario.baseline_s, body
+            baselines.append(await run_baseline(base_url, scenario.senders, scenario.baseline_s))
+            baselines.append(
+                await run_baseline(base_url, scenario.senders, scenario.baseline_s, body)
             )
         before = await _scrape(http, admin_token, state)
         host_before = host_load()
@@ -228,6 +236,12 @@ async def run_scenario(
         cpu = time.process_time() - cpu0
         host = {"before": host_before, "after": host_load()}
         after = await _scrape(http, admin_token, state)
+        if baselines:
+            state.phase = "baseline"
+            post = await run_baseline(base_url, scenario.senders, scenario.baseline_s, body)
+            get = await run_baseline(base_url, scenario.senders, scenario.baseline_s)
+            state.baseline = bracket(baselines[0], get)
+            state.baseline_post = bracket(baselines[1], post)
         with trio.move_on_after(CLEANUP_TIMEOUT_S) as cleanup_scope:
             setup["cleanup"] = await cleanup(http, prov)
         if cleanup_scope.cancelled_caught:
