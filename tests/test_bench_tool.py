@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from broker.codec import JSON, decode_envelope
 from broker.config import BrokerConfig
+from broker.delivery import deliveries_out
 from broker.loadtest import BUILTIN, add_bench_arguments, load_scenario, run_bench
 from broker.loadtest.envelopes import EnvelopeFactory, IdScheme
 from broker.loadtest.latency import LatencyRecorder
@@ -39,7 +40,8 @@ from broker.loadtest.publishers import (
     run_baseline,
     take_envelopes,
 )
-from broker.loadtest.receivers import book_poll
+from broker.loadtest.receivers import BROKER_SAMPLE, book_poll, broker_ms
+from broker.loadtest.receivers import _Poll as _PollView  # the bench's own view of a poll
 from broker.loadtest.runner import BenchError, run_scenario
 from broker.loadtest.scenario import ScenarioError, with_overrides
 from broker.loadtest.servermetrics import delta, parse_metrics
@@ -47,8 +49,10 @@ from broker.loadtest.state import RunState
 from broker.loadtest.stream import StreamUnavailable, check_stream
 from broker.loadtest.topology import CatalogType, catalog_types, plan_topology
 from broker.server import ServerInfo, serve
+from store.base import Delivery
 from tests.conftest import ADMIN_TOKEN
 from tests.serverproc import ServerProcess
+from tests.strategies import haendelsesbesked
 
 CATALOG_FILE = Path(__file__).resolve().parent.parent / "catalog" / "data" / "demo_catalog.json"
 CONTRACT_KEYS = {
@@ -453,6 +457,12 @@ def _assert_accounted(report: dict[str, Any]) -> None:
         report["latency_ms"]["p50"] is not None
         and report["latency_ms"]["p99"] >= report["latency_ms"]["p50"]
     )
+    # the broker's share, read from every BROKER_SAMPLE-th envelope's copies: each is part of
+    # that copy's send->delivered (to the millisecond of its Leverancerute)
+    broker, delivered = report["latency_ms"]["broker"], report["latency_ms"]["delivered"]
+    assert broker["sampled_every"] == BROKER_SAMPLE
+    assert 0 < broker["count"] <= delivered["count"] // BROKER_SAMPLE + BROKER_SAMPLE * 10
+    assert broker["max"] <= delivered["max"] * 1.001 + 1.0, (broker, delivered)
 
 
 @pytest.mark.parametrize(
@@ -600,6 +610,38 @@ def test_dueslag_bench_writes_the_contract_json_and_chart(
     assert set(report["latency_ms"]) >= {"p50", "p99"}
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "lost 0, duplicates 0" in capsys.readouterr().out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    besked=haendelsesbesked(),
+    received_ms=st.integers(0, 4_102_444_800_000),  # 1970 ... 2100
+    waited_ms=st.integers(0, 3_600_000),
+)
+def test_the_brokers_share_is_read_from_the_route_it_appended(
+    besked: Any, received_ms: int, waited_ms: int
+) -> None:
+    """What the broker rendered (after any routes the envelope came with) is read back."""
+    d = Delivery(
+        delivery_id="1-1", seq=1, attempt=1, subscription_id="s", received_ms=received_ms,
+        body=msgspec.json.encode(besked), leased_until_ms=received_ms + waited_ms + 30_000,
+    )  # fmt: skip
+    out = deliveries_out([d], instance_id="i", now_ms=received_ms + waited_ms)
+    (copy,) = msgspec.json.decode(
+        msgspec.json.encode({"deliveries": out}), type=_PollView
+    ).deliveries
+    assert broker_ms(copy.envelope.Beskedkuvert) == waited_ms
+
+
+def test_a_copy_without_a_route_has_no_brokers_share() -> None:
+    view = msgspec.json.decode(
+        b'{"deliveries":[{"delivery_id":"1","attempt":1,"envelope":{"BeskedId":{},'
+        b'"Beskedkuvert":{"Leveranceinformation":{}}}},'
+        b'{"delivery_id":"2","attempt":1,"envelope":{"BeskedId":{}}},'
+        b'{"delivery_id":"3","attempt":1,"envelope":{"BeskedId":{},"Beskedkuvert":"x"}}]}',
+        type=_PollView,
+    )
+    assert [broker_ms(d.envelope.Beskedkuvert) for d in view.deliveries] == [None, None, None]
 
 
 def test_a_bracketed_baseline_is_its_requests_over_its_seconds() -> None:

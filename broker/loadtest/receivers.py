@@ -13,6 +13,8 @@ then the ackers finish the acks already queued and exit.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import httpx
 import msgspec
 import trio
@@ -22,9 +24,20 @@ from broker.loadtest.provision import MailboxInfo
 from broker.loadtest.state import RunState
 from broker.loadtest.transport import client
 
-__all__ = ["MAX_ACK_IDS", "MailboxConsumers", "Receivers", "book_deliveries", "book_poll"]
+__all__ = [
+    "BROKER_SAMPLE",
+    "MAX_ACK_IDS",
+    "MailboxConsumers",
+    "Receivers",
+    "book_deliveries",
+    "book_poll",
+    "broker_ms",
+]
 
 MAX_ACK_IDS = 5000
+#: every BROKER_SAMPLE-th envelope of the run (by its number) also has the broker's own share of
+#: its latency read from the copy (a small decode of its kuvert, so not every copy's)
+BROKER_SAMPLE = 4
 ACK_QUEUE = 8  # poll answers waiting for their ack, per mailbox
 ACK_RETRIES = 3
 ACK_TIMEOUT_S = 30.0
@@ -38,6 +51,30 @@ class _Id(msgspec.Struct):
 
 class _Envelope(msgspec.Struct):
     BeskedId: _Id
+    Beskedkuvert: msgspec.Raw = msgspec.Raw()  # a span: read only for the sampled copies
+
+
+# The Leverancerute the broker appends to every copy it hands out: when it received the
+# envelope and when it handed this copy out, both by the broker's clock (to the millisecond).
+class _Tidspunkt(msgspec.Struct):
+    TidsstempelDatoTid: str | None = None
+
+
+class _Rute(msgspec.Struct):  # routes from before the broker's may leave anything out
+    ModtagelsesTidspunkt: _Tidspunkt | None = None
+    LeveranceTidspunkt: _Tidspunkt | None = None
+
+
+class _Ruter(msgspec.Struct):
+    Leverancerute: list[_Rute] = []
+
+
+class _Leverance(msgspec.Struct):
+    Leveranceruter: _Ruter | None = None
+
+
+class _Kuvert(msgspec.Struct):
+    Leveranceinformation: _Leverance | None = None
 
 
 class _Delivery(msgspec.Struct):
@@ -61,6 +98,9 @@ class _AckOut(msgspec.Struct):
 
 
 _poll = msgspec.json.Decoder(_Poll)
+_kuvert = msgspec.json.Decoder(_Kuvert)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 _ack_out = msgspec.json.Decoder(_AckOut)
 
 
@@ -69,19 +109,44 @@ def book_poll(state: RunState, mailbox: int, body: bytes, received_at: float) ->
     return book_deliveries(state, mailbox, _poll.decode(body).deliveries, received_at)
 
 
+def broker_ms(kuvert: msgspec.Raw) -> int | None:
+    """The broker's own share of a copy's latency, in ms: from receiving the envelope to
+    handing this copy out, as its last Leverancerute says (None if it has none)."""
+    if not kuvert:
+        return None
+    try:
+        info = _kuvert.decode(kuvert).Leveranceinformation
+        ruter = None if info is None else info.Leveranceruter
+        route = ruter.Leverancerute[-1] if ruter is not None and ruter.Leverancerute else None
+        if route is None or route.ModtagelsesTidspunkt is None or route.LeveranceTidspunkt is None:
+            return None
+        received = route.ModtagelsesTidspunkt.TidsstempelDatoTid
+        handed_out = route.LeveranceTidspunkt.TidsstempelDatoTid
+        if received is None or handed_out is None:
+            return None
+        return (datetime.fromisoformat(handed_out) - datetime.fromisoformat(received)) // _MS
+    except (msgspec.DecodeError, ValueError, TypeError):  # TypeError: a time without a zone
+        return None
+
+
 def book_deliveries(
     state: RunState, mailbox: int, deliveries: list[_Delivery], received_at: float
 ) -> list[str]:
     """Book deliveries (of a poll or a consume-stream frame); returns the ids to ack."""
     ledger, parse, sent_at = state.ledger, state.ids.parse, state.ledger.sent_at
     latencies: list[int] = []
+    broker: list[int] = []
     for d in deliveries:
         bid = d.envelope.BeskedId
         n = parse(bid.UUIDIdentifikator or bid.URNIdentifikator or "")
         if ledger.deliver(mailbox, n, d.attempt) is Receipt.FIRST:
             assert n is not None
             latencies.append(int((received_at - sent_at[n]) * 1e6))
+            if n % BROKER_SAMPLE == 0 and (ms := broker_ms(d.envelope.Beskedkuvert)) is not None:
+                broker.append(ms * 1000)
     state.received += len(deliveries)
+    if broker:
+        state.broker_latency.record_many(broker)
     if latencies:
         state.deliver_latency.record_many(latencies)
         state.t_last_delivery = received_at

@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from broker.loadtest.ledger import Accounting
+from broker.loadtest.receivers import BROKER_SAMPLE
 from broker.loadtest.state import RunState
 
 __all__ = ["build_report", "host_load", "write_chart", "write_json"]
@@ -114,6 +115,8 @@ def build_report(
             "p99": delivered.get("p99"),
             "delivered": {**delivered, "distribution": state.deliver_latency.distribution()},
             "confirm": {**confirm, "distribution": state.confirm_latency.distribution()},
+            # the broker's own share of send->delivered, by its clock (ms resolution)
+            "broker": {**state.broker_latency.summary(), "sampled_every": BROKER_SAMPLE},
         },
         "accounting": {
             "refused": acc.refused,

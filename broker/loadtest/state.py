@@ -58,6 +58,8 @@ class RunState:
         self.clock = time.perf_counter
         self.confirm_latency = LatencyRecorder("send→confirm")
         self.deliver_latency = LatencyRecorder("send→delivered")
+        #: the broker's share (received → handed out, from the copies' Leverancerute), sampled
+        self.broker_latency = LatencyRecorder("received→handed out")
         self.events: Counter[str] = Counter()  # retries, transport errors, 503s, ...
         self.errors: list[str] = []  # the first few distinct error messages, for the report
         self.acked = 0  # deliveries the broker said it acknowledged
