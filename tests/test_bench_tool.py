@@ -682,6 +682,9 @@ def test_summary_line_names_both_baseline_ratios() -> None:
     line = _summary(report)
     assert line.startswith("single: sent 1,200, confirmed 1,200, delivered 1,200, lost 0")
     assert line.endswith("; requests/s 0.5 of GET /healthz, 0.75 of POST /healthz")
+    report["latency_ms"]["broker"] = {"count": 300, "p50": 2.0, "p99": 6.5, "sampled_every": 4}
+    assert "p99 9.9 ms (the broker's share p50 2.0 ms, p99 6.5 ms); requests/s" in _summary(report)
+    report["latency_ms"]["broker"] = {"count": 0, "sampled_every": 4}
     report["baseline_post"] = {"endpoint": "POST /healthz", "per_s": None}  # not served
     assert _summary(report).endswith("; requests/s 0.5 of GET /healthz")
     del report["baseline"], report["baseline_post"]

@@ -91,6 +91,9 @@ def _summary(report: dict[str, Any]) -> str:
         f"{report['duplicates']}; publish {tp['publish_per_s']}/s, deliver "
         f"{tp['deliver_per_s']}/s; send→delivered p50 {lat['p50']} ms, p99 {lat['p99']} ms"
     )
+    broker = lat.get("broker") or {}
+    if broker.get("count"):
+        line += f" (the broker's share p50 {broker['p50']} ms, p99 {broker['p99']} ms)"
     ratios = [
         f"{b['ratio']} of {b['endpoint']}"
         for b in (report.get("baseline"), report.get("baseline_post"))

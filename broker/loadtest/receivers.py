@@ -13,7 +13,7 @@ then the ackers finish the acks already queued and exit.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import msgspec
@@ -99,7 +99,6 @@ class _AckOut(msgspec.Struct):
 
 _poll = msgspec.json.Decoder(_Poll)
 _kuvert = msgspec.json.Decoder(_Kuvert)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _ack_out = msgspec.json.Decoder(_AckOut)
 
