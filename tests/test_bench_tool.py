@@ -457,11 +457,11 @@ def _assert_accounted(report: dict[str, Any]) -> None:
         report["latency_ms"]["p50"] is not None
         and report["latency_ms"]["p99"] >= report["latency_ms"]["p50"]
     )
-    # the broker's share, read from every BROKER_SAMPLE-th envelope's copies: each is part of
-    # that copy's send->delivered (to the millisecond of its Leverancerute)
+    # the broker's share, read from every BROKER_SAMPLE-th first copy: each is part of that
+    # copy's send->delivered (to the millisecond of its Leverancerute)
     broker, delivered = report["latency_ms"]["broker"], report["latency_ms"]["delivered"]
     assert broker["sampled_every"] == BROKER_SAMPLE
-    assert 0 < broker["count"] <= delivered["count"] // BROKER_SAMPLE + BROKER_SAMPLE * 10
+    assert broker["count"] == delivered["count"] // BROKER_SAMPLE > 0
     assert broker["max"] <= delivered["max"] * 1.001 + 1.0, (broker, delivered)
 
 
