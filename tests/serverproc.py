@@ -116,8 +116,11 @@ def tree_cpu_s(pid: int) -> float:
     """User + system CPU seconds of the server's process tree so far (``/proc/<pid>/stat``)."""
     ticks = 0
     for p in process_tree(pid):
-        with open(f"/proc/{p}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        try:
+            with open(f"/proc/{p}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # gone since it was listed
+            continue
         ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
 

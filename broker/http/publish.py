@@ -10,8 +10,9 @@ at once) are taken with it, up to :data:`READ_AHEAD_FRAMES` frames or
 per frame, a job, its admission, its settlement and an audit op per frame were a tenth of the
 stream's cost (docs/performance.md). After the commit the writer reports each frame's results;
 the confirmer task sends every confirm that is ready as ONE message and only then frees the
-frames' room, so a client that stops reading its confirms stops being read (TCP pushes back). Frames enter the writer queue
-in the order they were read, so the store keeps a publisher's order.
+frames' room, so a client that stops reading its confirms stops being read (TCP pushes back).
+Frames enter the writer queue in the order they were read, so the store keeps a publisher's
+order.
 """
 
 from __future__ import annotations
