@@ -20,6 +20,12 @@ shared machine inflates it less than wall time):
 It prints µs per envelope for each stage. The HTTP framework's own cost per request is not here
 (see ``dueslag bench --scenario single`` and docs/performance.md): this is the part dueslag
 controls. ``--profile STAGE`` runs that stage under cProfile and prints the top functions.
+
+``--records`` also counts, per stage and per envelope, the LMDB records the store read, wrote and
+deleted. py-lmdb gives up the GIL for every one of them (a read twice: the lookup, then the
+page preload), and while the event loop is busy each one waits to get it back: in the server,
+that count is what a commit's wall time grows with (docs/performance.md, "Ninth session").
+The counting itself costs time: take the µs from a run without it.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from broker.delivery import deliveries_out
 from broker.demo import DEMO_MESSAGE_TYPES
 from broker.server import _prepare, _seed
 from broker.service import Broker
+from store import kv
 from store.base import Ack, Lease
 
 STAGES = ("decode", "prepare", "commit", "lease", "render", "ack")
@@ -79,7 +86,8 @@ def envelope(n: int) -> bytes:
 
 
 class Timer:
-    def __init__(self, profile: str | None) -> None:
+    def __init__(self, profile: str | None, records: RecordCounter | None = None) -> None:
+        self.records = records
         self.spent = dict.fromkeys(STAGES, 0.0)
         self.wall = dict.fromkeys(STAGES, 0.0)
         self.profile = profile
@@ -87,6 +95,8 @@ class Timer:
         self.profiler = cProfile.Profile(time.thread_time)
 
     def run(self, stage: str, fn, *args):  # type: ignore[no-untyped-def]
+        if self.records is not None:
+            self.records.stage = stage
         if stage == self.profile:
             self.profiler.enable()
         t, w = time.thread_time(), time.perf_counter()
@@ -98,12 +108,64 @@ class Timer:
         return out
 
 
+class RecordCounter:
+    """Counts the records each stage reads, writes and deletes through the LMDB transaction.
+
+    It wraps the methods of ``store.kv._LmdbTxn``, the one class every store op goes through,
+    for the length of the run (``restore`` puts them back)."""
+
+    KINDS = ("read", "written", "deleted")
+
+    def __init__(self) -> None:
+        self.stage = "set-up"
+        self.counts: dict[tuple[str, str], int] = {}
+        self._saved: dict[str, object] = {}
+        # method -> (kind, how many records one call touched, from its args and its result)
+        how = {
+            "get": ("read", lambda a, out: 1),
+            "first": ("read", lambda a, out: 1),
+            "scan": ("read", lambda a, out: len(out)),
+            "get_many": ("read", lambda a, out: len(a[1])),
+            "get_found": ("read", lambda a, out: len(a[1])),
+            "put": ("written", lambda a, out: 1),
+            "put_many": ("written", lambda a, out: len(a[1])),
+            "add_many": ("written", lambda a, out: len(a[1])),
+            "delete": ("deleted", lambda a, out: 1),
+            "delete_many": ("deleted", lambda a, out: out),
+            "take": ("read+deleted", lambda a, out: len(out)),
+        }
+        for name, (kind, count) in how.items():
+            self._saved[name] = original = getattr(kv._LmdbTxn, name)
+            setattr(kv._LmdbTxn, name, self._counted(original, kind, count))
+
+    def _counted(self, original, kind, count):  # type: ignore[no-untyped-def]
+        def counted(txn, *args, **kwargs):  # type: ignore[no-untyped-def]
+            out = original(txn, *args, **kwargs)
+            n = count(args, out)  # args: (db, key or keys or items, ...)
+            for one in kind.split("+"):
+                key = (self.stage, one)
+                self.counts[key] = self.counts.get(key, 0) + n
+            return out
+
+        return counted
+
+    def restore(self) -> None:
+        for name, original in self._saved.items():
+            setattr(kv._LmdbTxn, name, original)
+
+    def per_envelope(self, stage: str, envelopes: int) -> tuple[float, ...]:
+        return tuple(self.counts.get((stage, kind), 0) / envelopes for kind in self.KINDS)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--profile", choices=STAGES)
+    ap.add_argument("--records", action="store_true", help="count the LMDB records of each stage")
     args = ap.parse_args()
+    # (put_sorted is not wrapped: it writes through put_many, which counts)
+    records = RecordCounter() if args.records else None
     gc.set_threshold(*GC_THRESHOLDS)  # as `dueslag serve` runs
     with tempfile.TemporaryDirectory(prefix="dueslag-pipeline-") as tmp:
         config = BrokerConfig(data_dir=tmp, bind="127.0.0.1:0", admin_token="x" * 32, demo=True)
@@ -113,7 +175,7 @@ def main() -> int:
             _seed(broker, config)
             (system,) = store.list_systems()
             (mailbox,) = store.list_mailboxes(system.id)
-            timer = Timer(args.profile)
+            timer = Timer(args.profile, records)
             sent = delivered = 0
             for b in range(args.batches):
                 data = (
@@ -145,6 +207,8 @@ def main() -> int:
                 timer.run("ack", store.apply, [Ack(mailbox.id, ids)], broker.clock())
         finally:
             store.close()
+            if records is not None:
+                records.restore()
     if sent != args.batches * args.batch or delivered != sent:
         print(f"refused or lost: sent {sent}, delivered {delivered}", file=sys.stderr)
         return 1
@@ -155,6 +219,14 @@ def main() -> int:
         total += us
         print(f"  {stage:8} {us:7.1f} ({timer.wall[stage] / sent * 1e6:.1f})")
     print(f"  {'total':8} {total:7.1f}  (= {1e6 / total:,.0f} envelopes/s of one core)")
+    if records is not None:
+        print("LMDB records per envelope: read / written / deleted (each gives up the GIL)")
+        all_records = 0.0
+        for stage in STAGES:
+            counts = records.per_envelope(stage, sent)
+            all_records += sum(counts)
+            print(f"  {stage:8} " + " / ".join(f"{c:5.2f}" for c in counts))
+        print(f"  {'records':8} {all_records:5.2f} per envelope")
     if args.profile:
         pstats.Stats(timer.profiler).sort_stats("tottime").print_stats(25)
     return 0
