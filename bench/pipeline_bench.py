@@ -23,9 +23,9 @@ controls. ``--profile STAGE`` runs that stage under cProfile and prints the top 
 
 ``--records`` also counts, per stage and per envelope, the LMDB records the store read, wrote and
 deleted. py-lmdb gives up the GIL for every one of them (a read twice: the lookup, then the
-page preload), and while the event loop is busy each one waits to get it back: in the server,
-that count is what a commit's wall time grows with (docs/performance.md, "Ninth session").
-The counting itself costs time: take the µs from a run without it.
+page preload). In the server each is a moment where a busy event loop takes the GIL, and the
+commit waits until the loop lets go: most of a commit's wall time (docs/performance.md, "Ninth
+session"). The counting itself costs time: take the µs from a run without it.
 """
 
 from __future__ import annotations
@@ -164,7 +164,8 @@ def main() -> int:
     ap.add_argument("--profile", choices=STAGES)
     ap.add_argument("--records", action="store_true", help="count the LMDB records of each stage")
     args = ap.parse_args()
-    # (put_sorted is not wrapped: it writes through put_many, which counts)
+    # (put_sorted is not wrapped: it writes through put_many, which counts; its one look at the
+    # database's last key is not counted)
     records = RecordCounter() if args.records else None
     gc.set_threshold(*GC_THRESHOLDS)  # as `dueslag serve` runs
     with tempfile.TemporaryDirectory(prefix="dueslag-pipeline-") as tmp:
