@@ -229,6 +229,7 @@ async def test_missing_or_bad_token(
         ("POST", "/v1/mailboxes"),
         ("POST", "/v1/systems"),
         ("GET", "/openapi.json"),
+        ("GET", "/asyncapi.json"),
     ]:
         r = await admin.http.request(
             method, path, headers=headers, content=json.dumps(envelope(TYPE1))

@@ -1,5 +1,5 @@
 """Systems (admin), health probes (raw ASGI routes, as probes are hit often and must stay
-cheap: :mod:`broker.http.rawhttp`), metrics and the OpenAPI document."""
+cheap: :mod:`broker.http.rawhttp`), metrics and the OpenAPI and AsyncAPI documents."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from msgspec import Meta
 from quart import Quart, Response
 
 from broker.delivery import iso_ms
+from broker.http.asyncapi import asyncapi_document
 from broker.http.common import body_struct, json_response, principal
 from broker.http.openapi import openapi_document
 from broker.http.rawhttp import HttpHandler, RawRequest, RawResponse, json_answer
@@ -71,6 +72,11 @@ def register(app: Quart, broker: Broker) -> None:
     async def openapi() -> Response:
         principal(broker)  # any valid token: the API description is for registered parties
         return json_response(openapi_document())
+
+    @app.get("/asyncapi.json")
+    async def asyncapi() -> Response:
+        principal(broker)  # as /openapi.json
+        return json_response(asyncapi_document())
 
 
 #: The largest body ``POST /healthz`` reads (it takes no token: kept to an envelope's size).

@@ -11,7 +11,6 @@ and waits on the notifier when the mailbox is empty, never polling.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import msgspec
 import trio
@@ -23,7 +22,15 @@ from broker.errors import BrokerError, InvalidInput
 from broker.http import streams
 from broker.http.mailboxes import FailedOut, PollOut
 from broker.http.rawws import StreamSocket
-from broker.http.streams import DRAIN_TIMEOUT_S, ConsumeIn, ErrorOut, _error_body, _Stream, _text
+from broker.http.streams import (
+    DRAIN_TIMEOUT_S,
+    ConsumeIn,
+    ErrorOut,
+    SettledOut,
+    _error_body,
+    _Stream,
+    _text,
+)
 from broker.service import Broker
 from broker.streamhub import Credit
 from broker.streaming import GOING_AWAY, MAX_FRAME_BYTES
@@ -159,22 +166,22 @@ class ConsumeStream(_Stream):
     async def _settler(self, queue: trio.MemoryReceiveChannel[_Settle]) -> None:
         async with queue:
             async for req in queue:
-                reply: dict[str, Any]
+                reply: SettledOut | ErrorOut
                 try:
                     result = await self.broker.settle(
                         self.mailbox, req.ids, ack=req.ack, requeue=req.requeue
                     )
                 except BrokerError as err:
-                    reply = {"error": _error_body(err)}
+                    reply = ErrorOut(_error_body(err), req.seq)
                 else:
-                    reply = {
-                        "acked" if req.ack else "nacked": result.count,
-                        "failed": [FailedOut(i, c) for i, c in result.failed],
-                    }
+                    failed = [FailedOut(i, c) for i, c in result.failed]
+                    seq = UNSET if req.seq is None else req.seq
+                    if req.ack:
+                        reply = SettledOut(failed, acked=result.count, seq=seq)
+                    else:
+                        reply = SettledOut(failed, nacked=result.count, seq=seq)
                     if result.count and self.mailbox.strict:
                         # settling the head of a strict mailbox frees the next delivery, but
                         # the store reports only mailboxes that gained ready ones: wake up
                         self.broker.notifier.notify([self.mailbox.id])
-                if req.seq is not None:
-                    reply["seq"] = req.seq
                 await self.ws.send(_text(reply))

@@ -225,7 +225,7 @@ def openapi_document() -> dict[str, Any]:
         "/v1/stream/publish": {
             "get": operation(
                 "WebSocket upgrade: the publish stream (pipelined envelopes, a durable confirm per"
-                " frame after its commit); protocol in docs/streams.md",
+                " frame after its commit); frames in /asyncapi.json, protocol in docs/streams.md",
                 "101",
                 None,
                 params=[
@@ -241,7 +241,7 @@ def openapi_document() -> dict[str, Any]:
         "/v1/stream/mailboxes/{mailbox_id}/consume": {
             "get": operation(
                 "WebSocket upgrade: the consume stream (credit-based leases, acks and nacks);"
-                " protocol in docs/streams.md",
+                " frames in /asyncapi.json, protocol in docs/streams.md",
                 "101",
                 None,
                 params=[
@@ -277,6 +277,15 @@ def openapi_document() -> dict[str, Any]:
         "/openapi.json": {
             "get": operation(
                 "This document", "200", {"type": "object"}, auth="any valid token", errors=("401",)
+            )
+        },
+        "/asyncapi.json": {
+            "get": operation(
+                "The AsyncAPI 3.0 document of the streams: the frames of /v1/stream/...",
+                "200",
+                {"type": "object"},
+                auth="any valid token",
+                errors=("401",),
             )
         },
     }

@@ -31,7 +31,7 @@ from msgspec import UNSET, Struct, UnsetType
 from broker.envelope import Haendelsesbesked
 from broker.errors import BrokerError, Overloaded
 from broker.http.common import ErrorBody, query_number
-from broker.http.mailboxes import DeliveryIds
+from broker.http.mailboxes import DeliveryIds, FailedOut
 from broker.http.messages import BatchItem
 from broker.http.rawws import StreamHandler, StreamSocket
 from broker.service import Broker
@@ -45,6 +45,7 @@ __all__ = [
     "ConsumeIn",
     "ErrorOut",
     "PublishIn",
+    "SettledOut",
     "hub_of",
     "routes",
 ]
@@ -95,6 +96,16 @@ class ConfirmsOut(Struct):
 class ErrorOut(Struct, omit_defaults=True):
     error: ErrorBody
     seq: int | None = None
+
+
+class SettledOut(Struct, omit_defaults=True):
+    """The reply to one consume-stream ack or nack frame: how many it settled (``acked`` or
+    ``nacked``, by the frame's kind), the ids it did not, and the frame's ``seq`` if it had one."""
+
+    failed: list[FailedOut]
+    acked: int | UnsetType = UNSET
+    nacked: int | UnsetType = UNSET
+    seq: int | UnsetType = UNSET
 
 
 class ConsumeIn(Struct, forbid_unknown_fields=True, kw_only=True):
