@@ -20,7 +20,7 @@ from broker.server import ServerInfo
 from broker.service import Broker
 from store import MemoryStore
 from tests.conftest import TYPE1, Api, envelope
-from tests.test_streams import bad_envelope, connect, deliveries, receive, send_batch
+from tests.test_streams import bad_envelope, connect, consumer, deliveries, receive
 
 DOC = asyncapi_document()
 
@@ -132,10 +132,7 @@ async def test_live_publish_frames_match_the_document(admin: Api, server: Server
 
 async def test_live_consume_frames_match_the_document(admin: Api, server: ServerInfo) -> None:
     with trio.fail_after(30):
-        sys = await admin.system()
-        mb = await sys.mailbox(TYPE1)
-        await send_batch(sys, 3)
-        async with connect(server, f"/v1/stream/mailboxes/{mb}/consume", sys) as ws:
+        async with consumer(admin, server, 3) as (_, _, ws):
             credit = {"credit": 3}
             check("ConsumeFrame", credit)
             await ws.send_message(json.dumps(credit))

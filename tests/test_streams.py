@@ -449,6 +449,19 @@ async def send_batch(sys: Api, n: int, message_type: str = TYPE1) -> None:
     assert r.status_code == 200 and r.json()["accepted"] == n
 
 
+@asynccontextmanager
+async def consumer(
+    admin: Api, server: ServerInfo, backlog: int, *, strict: bool = False
+) -> AsyncIterator[tuple[Api, str, WebSocketConnection]]:
+    """A new system with a mailbox of TYPE1 holding ``backlog`` envelopes, and a consume stream
+    of it: (system, mailbox id, stream)."""
+    sys = await admin.system()
+    mb = await sys.mailbox(TYPE1, strict=strict)
+    await send_batch(sys, backlog)
+    async with connect(server, f"/v1/stream/mailboxes/{mb}/consume", sys) as ws:
+        yield sys, mb, ws
+
+
 async def deliveries(ws: WebSocketConnection, n: int) -> list[dict[str, Any]]:
     got: list[dict[str, Any]] = []
     while len(got) < n:
@@ -460,10 +473,7 @@ async def deliveries(ws: WebSocketConnection, n: int) -> list[dict[str, Any]]:
 
 async def test_consume_never_exceeds_credit(admin: Api, server: ServerInfo) -> None:
     with trio.fail_after(30):
-        sys = await admin.system()
-        mb = await sys.mailbox(TYPE1)
-        await send_batch(sys, 25)
-        async with connect(server, f"/v1/stream/mailboxes/{mb}/consume", sys) as ws:
+        async with consumer(admin, server, 25) as (sys, mb, ws):
             await nothing_arrives(ws, 0.1)  # no credit, nothing sent
             await ws.send_message(json.dumps({"credit": 10}))
             first = await deliveries(ws, 10)
@@ -493,10 +503,7 @@ async def test_consume_never_exceeds_credit(admin: Api, server: ServerInfo) -> N
 
 async def test_consume_ack_nack_through_the_stream(admin: Api, server: ServerInfo) -> None:
     with trio.fail_after(30):
-        sys = await admin.system()
-        mb = await sys.mailbox(TYPE1)
-        await send_batch(sys, 3)
-        async with connect(server, f"/v1/stream/mailboxes/{mb}/consume", sys) as ws:
+        async with consumer(admin, server, 3) as (sys, mb, ws):
             await ws.send_message(json.dumps({"credit": 3}))
             d1, d2, d3 = await deliveries(ws, 3)
             assert d1["attempt"] == 1 and "Leveranceruter" in json.dumps(d1["envelope"])
@@ -533,10 +540,7 @@ async def test_consume_ack_nack_through_the_stream(admin: Api, server: ServerInf
 
 async def test_consume_strict_mailbox_moves_on_after_an_ack(admin: Api, server: ServerInfo) -> None:
     with trio.fail_after(30):
-        sys = await admin.system()
-        mb = await sys.mailbox(TYPE1, strict=True)
-        await send_batch(sys, 2)
-        async with connect(server, f"/v1/stream/mailboxes/{mb}/consume", sys) as ws:
+        async with consumer(admin, server, 2, strict=True) as (_, _, ws):
             await ws.send_message(json.dumps({"credit": 1}))
             (first,) = await deliveries(ws, 1)
             await ws.send_message(json.dumps({"credit": 1}))
