@@ -116,6 +116,7 @@ def _messages() -> dict[str, Any]:
             "consumeError",
             "ErrorOut",
             "A refused client frame (nothing changed; the stream stays open)",
+            "Also the last frame before a close with 1011 (an internal error).",
         ),
     }
 
