@@ -177,9 +177,9 @@ class ConsumeStream(_Stream):
                     failed = [FailedOut(i, c) for i, c in result.failed]
                     seq = UNSET if req.seq is None else req.seq
                     if req.ack:
-                        reply = SettledOut(failed, acked=result.count, seq=seq)
+                        reply = SettledOut(acked=result.count, failed=failed, seq=seq)
                     else:
-                        reply = SettledOut(failed, nacked=result.count, seq=seq)
+                        reply = SettledOut(nacked=result.count, failed=failed, seq=seq)
                     if result.count and self.mailbox.strict:
                         # settling the head of a strict mailbox frees the next delivery, but
                         # the store reports only mailboxes that gained ready ones: wake up

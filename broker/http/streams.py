@@ -98,13 +98,13 @@ class ErrorOut(Struct, omit_defaults=True):
     seq: int | None = None
 
 
-class SettledOut(Struct, omit_defaults=True):
+class SettledOut(Struct, omit_defaults=True, kw_only=True):
     """The reply to one consume-stream ack or nack frame: how many it settled (``acked`` or
     ``nacked``, by the frame's kind), the ids it did not, and the frame's ``seq`` if it had one."""
 
-    failed: list[FailedOut]
     acked: int | UnsetType = UNSET
     nacked: int | UnsetType = UNSET
+    failed: list[FailedOut]
     seq: int | UnsetType = UNSET
 
 
