@@ -65,7 +65,6 @@ class RunState:
         self.acked = 0  # deliveries the broker said it acknowledged
         self.ack_failed: Counter[str] = Counter()
         self.received = 0  # every copy received (first, redelivered, duplicate, ...)
-        self.first_copies = 0  # the first copy of an envelope in a mailbox (what is delivered)
         self.phase = "setup"
         self.t_load: float | None = None  # load started
         self.t_load_end: float | None = None  # load ended (senders done)
