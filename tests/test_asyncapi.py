@@ -14,12 +14,12 @@ import pytest
 import trio
 
 from broker.config import BrokerConfig
-from broker.http import streams
 from broker.http.asyncapi import asyncapi_document
 from broker.server import ServerInfo
 from broker.service import Broker
 from store import MemoryStore
 from tests.conftest import TYPE1, Api, envelope
+from tests.test_openapi_cli import stream_paths
 from tests.test_streams import bad_envelope, connect, consumer, deliveries, receive
 
 DOC = asyncapi_document()
@@ -54,8 +54,7 @@ def refs(node: Any) -> list[str]:
 
 def test_the_document_describes_exactly_the_stream_routes() -> None:
     broker = Broker(MemoryStore(), BrokerConfig(), admin_token="x")
-    routes = {re.sub(r"\(\?P<([^>]+)>[^)]*\)", r"{\1}", p) for p in streams.routes(broker)}
-    assert {c["address"] for c in DOC["channels"].values()} == routes
+    assert {c["address"] for c in DOC["channels"].values()} == stream_paths(broker)
     assert DOC["asyncapi"] == "3.0.0"
     for name, channel in DOC["channels"].items():
         # every parameter of the address is declared, and nothing else

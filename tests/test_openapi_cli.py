@@ -20,14 +20,16 @@ from store import MemoryStore
 from tests.serverproc import REPO_ROOT
 
 
+def stream_paths(broker: Broker) -> set[str]:
+    """The WebSocket stream routes, as ``{name}`` paths (their patterns name the groups)."""
+    return {re.sub(r"\(\?P<([^>]+)>[^)]*\)", r"{\1}", p) for p in streams.routes(broker)}
+
+
 def _app_routes() -> set[tuple[str, str]]:
     broker = Broker(MemoryStore(), BrokerConfig(), admin_token="x")
     app = create_app(broker)
     # the WebSocket streams are served in front of Quart (broker/http/rawws.py): a GET upgrade
-    routes = {
-        ("get", re.sub(r"\(\?P<([^>]+)>[^)]*\)", r"{\1}", pattern))
-        for pattern in streams.routes(broker)
-    }
+    routes = {("get", path) for path in stream_paths(broker)}
     # and so are the send endpoints and the probes (broker/http/rawhttp.py)
     routes |= {(method.lower(), path) for method, path in raw_routes(broker)}
     for rule in app.url_map.iter_rules():
