@@ -2,7 +2,8 @@
 
 Usage (from the repository root)::
 
-    python3 bench/pipeline_bench.py [--batches 200] [--batch 100] [--profile STAGE]
+    python3 bench/pipeline_bench.py [--batches 200] [--batch 100] [--profile STAGE] [--records]
+                                    [--floor]
 
 It opens a real broker on a fresh LMDB environment in a temp dir (sync on, access control on,
 audit on, the ``--demo`` set-up: one system with approved send and receive agreements and a
@@ -26,6 +27,11 @@ deleted. py-lmdb gives up the GIL for every one of them (a read twice: the looku
 page preload). In the server each is a moment where a busy event loop takes the GIL, and the
 commit waits until the loop lets go: most of a commit's wall time (docs/performance.md, "Ninth
 session"). The counting itself costs time: take the µs from a run without it.
+
+``--floor`` also runs every batch through each stage's *floor* (``bench/stack_floor.py``: the
+least work the stage needs from msgspec and py-lmdb, none of the broker's logic, on its own
+LMDB environment) and prints each stage beside its floor, with how many times the floor it
+costs: where the broker's own logic spends its time, measured in the same run.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from pathlib import Path
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stack_floor import StackFloor
 
 from broker.codec import JSON, decode_envelope, split_batch
 from broker.config import GC_THRESHOLDS, BrokerConfig
@@ -157,12 +165,42 @@ class RecordCounter:
         return tuple(self.counts.get((stage, kind), 0) / envelopes for kind in self.KINDS)
 
 
+def run_floor(floor: StackFloor, timer: Timer, data: bytes, most: int) -> int:
+    """One batch through every stage's floor; how many deliveries it settled."""
+    items = timer.run("decode", floor.decode, data)
+    prepared = timer.run("prepare", floor.prepare, items)
+    timer.run("commit", floor.commit, prepared)
+    leased = timer.run("lease", floor.lease, most, int(time.time() * 1000) + 30_000)
+    timer.run("render", floor.render, leased)
+    settled: int = timer.run("ack", floor.ack, [key for key, _ in leased])
+    return settled
+
+
+def print_against_floor(timer: Timer, floor: Timer, sent: int) -> None:
+    """Each stage's CPU µs per envelope beside its floor's, and how many times the floor."""
+    print(f"  {'stage':8} {'broker':>14} {'floor':>14} {'× floor':>8}")
+    totals = [0.0, 0.0]
+    for stage in STAGES:
+        ours, least = (t.spent[stage] / sent * 1e6 for t in (timer, floor))
+        totals[0] += ours
+        totals[1] += least
+        walls = (f"({t.wall[stage] / sent * 1e6:.1f})" for t in (timer, floor))
+        mine, theirs = (f"{us:6.1f} {w:>7}" for us, w in zip((ours, least), walls, strict=True))
+        print(f"  {stage:8} {mine} {theirs} {ours / least:8.1f}")
+    ours, least = totals
+    print(f"  {'total':8} {ours:6.1f} {'':7} {least:6.1f} {'':7} {ours / least:8.1f}")
+    print(f"  (= {1e6 / ours:,.0f} and {1e6 / least:,.0f} envelopes/s of one core)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--profile", choices=STAGES)
     ap.add_argument("--records", action="store_true", help="count the LMDB records of each stage")
+    ap.add_argument(
+        "--floor", action="store_true", help="time each stage's floor too (bench/stack_floor.py)"
+    )
     args = ap.parse_args()
     # (put_sorted is not wrapped: it writes through put_many, which counts; its one look at the
     # database's last key is not counted)
@@ -171,6 +209,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dueslag-pipeline-") as tmp:
         config = BrokerConfig(data_dir=tmp, bind="127.0.0.1:0", admin_token="x" * 32, demo=True)
         token, _, instance_id, store = _prepare(config)
+        floor = StackFloor(Path(tmp) / "floor", DEMO_MESSAGE_TYPES) if args.floor else None
+        floor_timer = Timer(None)
+        floored = 0
         try:
             broker = Broker(store, config, admin_token=token, instance_id=instance_id)
             _seed(broker, config)
@@ -206,20 +247,30 @@ def main() -> int:
                 )
                 ids = tuple(d.delivery_id for d in got)
                 timer.run("ack", store.apply, [Ack(mailbox.id, ids)], broker.clock())
+                if floor is not None:
+                    floored += run_floor(floor, floor_timer, data, args.batch)
         finally:
             store.close()
+            if floor is not None:
+                floor.close()
             if records is not None:
                 records.restore()
     if sent != args.batches * args.batch or delivered != sent:
         print(f"refused or lost: sent {sent}, delivered {delivered}", file=sys.stderr)
         return 1
-    total = 0.0
+    if args.floor and floored != sent:
+        print(f"the floor settled {floored} of {sent} deliveries", file=sys.stderr)
+        return 1
     print(f"{sent} envelopes, {args.batch} per request; µs per envelope: CPU (wall)")
-    for stage in STAGES:
-        us = timer.spent[stage] / sent * 1e6
-        total += us
-        print(f"  {stage:8} {us:7.1f} ({timer.wall[stage] / sent * 1e6:.1f})")
-    print(f"  {'total':8} {total:7.1f}  (= {1e6 / total:,.0f} envelopes/s of one core)")
+    if args.floor:
+        print_against_floor(timer, floor_timer, sent)
+    else:
+        total = 0.0
+        for stage in STAGES:
+            us = timer.spent[stage] / sent * 1e6
+            total += us
+            print(f"  {stage:8} {us:7.1f} ({timer.wall[stage] / sent * 1e6:.1f})")
+        print(f"  {'total':8} {total:7.1f}  (= {1e6 / total:,.0f} envelopes/s of one core)")
     if records is not None:
         print("LMDB records per envelope: read / written / deleted (each gives up the GIL)")
         all_records = 0.0

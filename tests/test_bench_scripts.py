@@ -52,3 +52,23 @@ def test_pipeline_bench_counts_the_records_each_stage_touches() -> None:
     total = re.search(r"^\s+records\s+([\d.]+) per envelope$", stdout, re.M)
     assert total is not None
     assert float(total[1]) == pytest.approx(sum(sum(row) for row in rows.values()), abs=0.05)
+
+
+def test_pipeline_bench_puts_every_stage_beside_its_floor() -> None:
+    stdout = _pipeline_bench("--floor")
+    row = r"^\s+{}\s+([\d.]+)\s+\(([\d.]+)\)\s+([\d.]+)\s+\(([\d.]+)\)\s+([\d.]+)$"
+    stages = ("decode", "prepare", "commit", "lease", "render", "ack")
+    ours = least = 0.0
+    for stage in stages:
+        m = re.search(row.format(stage), stdout, re.M)
+        assert m is not None, (stage, stdout)
+        cpu, _, floor_cpu, _, times = (float(g) for g in m.groups())
+        assert floor_cpu > 0, (stage, stdout)
+        # the ratio is the two printed figures' (each rounded to 0.1 µs)
+        assert times == pytest.approx(cpu / floor_cpu, rel=0.1, abs=0.15), (stage, stdout)
+        ours += cpu
+        least += floor_cpu
+    total = re.search(r"^\s+total\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", stdout, re.M)
+    assert total is not None, stdout
+    assert float(total[1]) == pytest.approx(ours, abs=0.35)
+    assert float(total[2]) == pytest.approx(least, abs=0.35)
