@@ -63,9 +63,10 @@ def test_pipeline_bench_puts_every_stage_beside_its_floor() -> None:
         m = re.search(row.format(stage), stdout, re.M)
         assert m is not None, (stage, stdout)
         cpu, _, floor_cpu, _, times = (float(g) for g in m.groups())
-        assert floor_cpu > 0, (stage, stdout)
-        # the ratio is the two printed figures' (each rounded to 0.1 µs)
-        assert times == pytest.approx(cpu / floor_cpu, rel=0.1, abs=0.15), (stage, stdout)
+        assert floor_cpu > 0.05, (stage, stdout)  # every floor does some work per envelope
+        # the ratio is the two figures' (each printed rounded to 0.1 µs, the ratio too)
+        lowest, highest = (cpu - 0.05) / (floor_cpu + 0.05), (cpu + 0.05) / (floor_cpu - 0.05)
+        assert lowest - 0.05 <= times <= highest + 0.05, (stage, stdout)
         ours += cpu
         least += floor_cpu
     total = re.search(r"^\s+total\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", stdout, re.M)
