@@ -115,6 +115,14 @@ class Timer:
             self.profiler.disable()
         return out
 
+    def per_envelope(self, stage: str, envelopes: int) -> tuple[float, float]:
+        """The stage's CPU and wall µs per envelope."""
+        return self.spent[stage] / envelopes * 1e6, self.wall[stage] / envelopes * 1e6
+
+    def total(self, envelopes: int) -> float:
+        """CPU µs per envelope over every stage."""
+        return sum(self.spent.values()) / envelopes * 1e6
+
 
 class RecordCounter:
     """Counts the records each stage reads, writes and deletes through the LMDB transaction.
@@ -176,18 +184,25 @@ def run_floor(floor: StackFloor, timer: Timer, data: bytes, most: int) -> int:
     return settled
 
 
+def print_stages(timer: Timer, sent: int) -> None:
+    for stage in STAGES:
+        cpu, wall = timer.per_envelope(stage, sent)
+        print(f"  {stage:8} {cpu:7.1f} ({wall:.1f})")
+    total = timer.total(sent)
+    print(f"  {'total':8} {total:7.1f}  (= {1e6 / total:,.0f} envelopes/s of one core)")
+
+
 def print_against_floor(timer: Timer, floor: Timer, sent: int) -> None:
     """Each stage's CPU µs per envelope beside its floor's, and how many times the floor."""
     print(f"  {'stage':8} {'broker':>14} {'floor':>14} {'× floor':>8}")
-    totals = [0.0, 0.0]
     for stage in STAGES:
-        ours, least = (t.spent[stage] / sent * 1e6 for t in (timer, floor))
-        totals[0] += ours
-        totals[1] += least
-        walls = (f"({t.wall[stage] / sent * 1e6:.1f})" for t in (timer, floor))
-        mine, theirs = (f"{us:6.1f} {w:>7}" for us, w in zip((ours, least), walls, strict=True))
-        print(f"  {stage:8} {mine} {theirs} {ours / least:8.1f}")
-    ours, least = totals
+        ours, our_wall = timer.per_envelope(stage, sent)
+        least, least_wall = floor.per_envelope(stage, sent)
+        walls = f"({our_wall:.1f})", f"({least_wall:.1f})"
+        print(
+            f"  {stage:8} {ours:6.1f} {walls[0]:>7} {least:6.1f} {walls[1]:>7} {ours / least:8.1f}"
+        )
+    ours, least = timer.total(sent), floor.total(sent)
     print(f"  {'total':8} {ours:6.1f} {'':7} {least:6.1f} {'':7} {ours / least:8.1f}")
     print(f"  (= {1e6 / ours:,.0f} and {1e6 / least:,.0f} envelopes/s of one core)")
 
@@ -265,12 +280,7 @@ def main() -> int:
     if args.floor:
         print_against_floor(timer, floor_timer, sent)
     else:
-        total = 0.0
-        for stage in STAGES:
-            us = timer.spent[stage] / sent * 1e6
-            total += us
-            print(f"  {stage:8} {us:7.1f} ({timer.wall[stage] / sent * 1e6:.1f})")
-        print(f"  {'total':8} {total:7.1f}  (= {1e6 / total:,.0f} envelopes/s of one core)")
+        print_stages(timer, sent)
     if records is not None:
         print("LMDB records per envelope: read / written / deleted (each gives up the GIL)")
         all_records = 0.0
