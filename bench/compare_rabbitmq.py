@@ -17,7 +17,10 @@ What it does:
    concurrently; ``--window`` × ``--publishers`` / 100 senders, so that as many envelopes are
    unconfirmed at once as on RabbitMQ's side: 10 by default, see :func:`in_flight_args`), ``publish-stream`` = ``stream``'s ``publish_per_s`` (one envelope per
    WebSocket frame, window 1,000, consumers concurrent), ``consume`` = ``drain``'s
-   ``deliver_per_s`` (a backlog ingested for ``--duration``, then drained).
+   ``deliver_per_s`` (a backlog ingested for ``--duration``, with as many envelopes in flight as
+   ``publish-batch``, then drained). One more row is read off the ``consume`` runs:
+   ``publish-alone``, the publish rate of that ingest, with no consumer running on either side
+   (RabbitMQ's prefill), which is how the issue's batch target was first measured.
 2. **RabbitMQ**: Debian's ``rabbitmq-server`` (``apt-get install`` only if missing), started as a
    private child node on 127.0.0.1 (``bench/rabbitmq_node.py``); the same topology as dueslag's
    plan (one durable topic exchange, one durable classic queue per mailbox, one binding per
@@ -54,7 +57,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-from comparison import combine, dueslag_figure, row, table  # noqa: E402
+from comparison import alone_row, combine, dueslag_figure, row, table  # noqa: E402
 
 from broker.loadtest.report import host_load  # noqa: E402
 from broker.loadtest.scenario import BUILTIN, MAX_ENVELOPES, Scenario  # noqa: E402
@@ -146,14 +149,16 @@ def in_flight_args(name: str, window: int, publishers: int) -> list[str]:
 
     A batch sender has one request of ``batch`` envelopes in flight, so ``publish-batch`` gets
     ``window * publishers / batch`` senders (the built-in ``fanout`` has 4, 400 in flight:
-    less than half of RabbitMQ's 1,000). A stream sender already has ``window`` in flight
-    (the built-in ``stream``: 1,000), so ``publish-stream`` gets one sender per publisher.
-    ``consume`` measures the drain, not the ingest before it: no override. (The stream's
+    less than half of RabbitMQ's 1,000). ``consume``'s ingest (the ``drain`` scenario's, also
+    batches of 100) gets as many, since its publish rate is the ``publish-alone`` row and
+    RabbitMQ prefills its queues with the same window. A stream sender already has ``window`` in
+    flight (the built-in ``stream``: 1,000), so ``publish-stream`` gets one sender per
+    publisher. (The stream's
     window is its scenario's 1,000, ``--window``'s default; the bench has no window option.)
     """
     builtin, _ = SCENARIOS[name]
     sc = BUILTIN[builtin]
-    if name == "publish-batch":
+    if name in ("publish-batch", "consume"):
         senders = max(1, min(256, window * publishers // sc.batch))
     elif name == "publish-stream":
         senders = publishers
@@ -329,6 +334,8 @@ def one_round(
         if d_info.get("fanout_per_type") not in (None, meta.get("fanout_per_type")):
             d_info["note"] = "fan-out differs from the RabbitMQ topology"
         rows.append(row(name, d, r, dueslag=d_info, rabbitmq=r_info))
+    if "consume" in args.scenarios:
+        rows.append(alone_row(rows[args.scenarios.index("consume")]))
     return rows, meta
 
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-__all__ = ["combine", "dueslag_figure", "ratio", "row", "table"]
+__all__ = ["ALONE", "alone_row", "combine", "dueslag_figure", "ratio", "row", "table"]
+
+#: The row read off the ``consume`` runs: their ingest phase, with no consumer on either side.
+ALONE = "publish-alone"
 
 
 def ratio(dueslag: float | None, rabbitmq: float | None) -> float | None:
@@ -63,6 +66,24 @@ def dueslag_figure(report: dict[str, Any], key: str) -> tuple[float | None, dict
         "deliver_per_s": (report.get("throughput") or {}).get("deliver_per_s"),
     }
     return (report.get("throughput") or {}).get(key), summary
+
+
+def alone_row(consume: dict[str, Any]) -> dict[str, Any]:
+    """The ``publish-alone`` row from a ``consume`` row of one round: the publish rate of the
+    backlog's ingest, before any consumer runs, on both sides (dueslag's ``drain`` scenario
+    ingests for ``--duration`` with its receivers waiting; RabbitMQ's queues are prefilled for
+    as long with no consumer). The issue's batch target was set beside a prototype that was
+    measured that way, ingest alone; ``publish-batch`` has the consumers running during it."""
+    d_info = dict(consume.get("dueslag") or {})
+    r_info = consume.get("rabbitmq") or {}
+    prefill = r_info.get("prefill") or {}
+    return row(
+        ALONE,
+        d_info.get("publish_per_s"),
+        prefill.get("per_s"),
+        dueslag={**d_info, "from": "consume"},
+        rabbitmq={"from": "consume", "publish": prefill} if prefill else r_info,
+    )
 
 
 def combine(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -232,7 +232,9 @@ def test_both_sides_keep_the_same_envelopes_in_flight() -> None:
     assert cmp.in_flight_args("publish-batch", 10**6, 1) == ["--senders", "256"]  # its bound
     assert cmp.in_flight_args("publish-stream", 1000, 1) == []  # one stream, window 1,000
     assert cmp.in_flight_args("publish-stream", 1000, 3) == ["--senders", "3"]
-    assert cmp.in_flight_args("consume", 1000, 4) == []
+    # consume's ingest (its publish-alone row) keeps RabbitMQ's prefill in flight too
+    assert cmp.in_flight_args("consume", 1000, 1) == ["--senders", "10"]
+    assert cmp.in_flight_args("consume", 400, 1) == []  # the built-in drain's own 4 x 100
     assert BUILTIN["stream"].window == 1000
 
 
@@ -281,3 +283,27 @@ def test_the_rabbitmq_node_is_private_and_on_loopback(tmp_path: Path) -> None:
     assert node.url == "amqp://guest:guest@127.0.0.1:5999/%2F"
     node.stop()  # never started: nothing to stop, and the directory is removed
     assert not tmp_path.exists()
+
+
+def test_publish_alone_is_read_off_the_consume_row() -> None:
+    consume = cmp.row(
+        "consume",
+        30_000.0,
+        20_000.0,
+        dueslag={"valid": True, "publish_per_s": 8_000.0, "deliver_per_s": 30_000.0},
+        rabbitmq={"prefill": {"per_s": 4_000.0, "confirmed": 40_000}, "consume": {"per_s": 2e4}},
+    )
+    alone = comparison.alone_row(consume)
+    assert set(alone) >= CONTRACT_ROW and alone["name"] == "publish-alone"
+    assert (alone["dueslag_per_s"], alone["rabbitmq_per_s"], alone["ratio"]) == (
+        8000.0,
+        4000.0,
+        2.0,
+    )
+    assert alone["dueslag"]["valid"] is True and alone["dueslag"]["from"] == "consume"
+    assert alone["rabbitmq"]["publish"]["confirmed"] == 40_000
+    # a side that failed leaves the row without a ratio, not without the row
+    failed = cmp.row("consume", None, None, dueslag={"error": "x"}, rabbitmq={"error": "y"})
+    empty = comparison.alone_row(failed)
+    assert (empty["dueslag_per_s"], empty["rabbitmq_per_s"], empty["ratio"]) == (None, None, None)
+    assert empty["rabbitmq"] == {"error": "y"}
