@@ -153,8 +153,8 @@ def in_flight_args(name: str, window: int, publishers: int) -> list[str]:
     batches of 100) gets as many, since its publish rate is the ``publish-alone`` row and
     RabbitMQ prefills its queues with the same window. A stream sender already has ``window`` in
     flight (the built-in ``stream``: 1,000), so ``publish-stream`` gets one sender per
-    publisher. (The stream's
-    window is its scenario's 1,000, ``--window``'s default; the bench has no window option.)
+    publisher. (The stream's window is its scenario's 1,000, ``--window``'s default; the bench
+    has no window option.)
     """
     builtin, _ = SCENARIOS[name]
     sc = BUILTIN[builtin]
