@@ -35,6 +35,12 @@ def _ref(kind: str, name: str) -> dict[str, str]:
     return {"$ref": f"#/components/{kind}/{name}"}
 
 
+def _key(name: str) -> str:
+    """A component message's key within its channel, and its ``name``: ``PublishFrame`` ->
+    ``publishFrame``."""
+    return name[0].lower() + name[1:]
+
+
 def _ws_binding(query: dict[str, Any]) -> dict[str, Any]:
     """The WebSocket channel binding: a GET upgrade with the token and these query parameters."""
     return {
@@ -55,7 +61,7 @@ def _ws_binding(query: dict[str, Any]) -> dict[str, Any]:
 
 def _message(name: str, payload: str, summary: str, description: str = "") -> dict[str, Any]:
     message: dict[str, Any] = {
-        "name": name,
+        "name": _key(name),
         "summary": summary,
         "contentType": "application/json",
         "payload": {"$ref": _SCHEMA.format(name=payload)},
@@ -68,7 +74,7 @@ def _message(name: str, payload: str, summary: str, description: str = "") -> di
 def _messages() -> dict[str, Any]:
     return {
         "PublishFrame": _message(
-            "publishFrame",
+            "PublishFrame",
             "PublishIn",
             "A frame of envelopes to publish, with a seq of the client's choosing",
             "Exactly one of `envelope` and `envelopes` (at most "
@@ -77,7 +83,7 @@ def _messages() -> dict[str, Any]:
             "bytes (larger: closed with 1009).",
         ),
         "Confirms": _message(
-            "confirms",
+            "Confirms",
             "ConfirmsOut",
             "Confirms of the frames whose commit (fsync) returned",
             "One entry per frame, each exactly once, in any order: per-envelope results in the "
@@ -85,35 +91,35 @@ def _messages() -> dict[str, Any]:
             "stored.",
         ),
         "PublishError": _message(
-            "publishError",
+            "PublishError",
             "ErrorOut",
             "The stream's last frame before the broker closes it",
             "Sent before closing with 1007 (a frame without a readable seq), 1009 (a frame "
             "too large), 1011 (an internal error).",
         ),
         "ConsumeFrame": _message(
-            "consumeFrame",
+            "ConsumeFrame",
             "ConsumeIn",
             "Credit, an ack or a nack (credit may ride along)",
             f"At most one of `ack` and `nack`, each with 1 to {MAX_IDS} delivery ids. Unused "
             f"credit may not pass {MAX_CREDIT}. Text frames are JSON, binary frames msgpack.",
         ),
         "Deliveries": _message(
-            "deliveries",
+            "Deliveries",
             "PollOut",
             "Leased deliveries, never more than the credit granted",
             "The items of a poll (GET /v1/mailboxes/{id}/messages): the lease is committed "
             "before they are sent; at most 1000 a frame.",
         ),
         "Settled": _message(
-            "settled",
+            "Settled",
             "SettledOut",
             "The reply to one ack or nack frame, in the order the frames came",
             "`acked` or `nacked` by the frame's kind; ids that were not settled are in `failed` "
             "(`lease_expired`, `unknown_delivery`); `seq` if the frame had one.",
         ),
         "ConsumeError": _message(
-            "consumeError",
+            "ConsumeError",
             "ErrorOut",
             "A refused client frame (nothing changed; the stream stays open)",
             "Also the last frame before a close with 1011 (an internal error).",
@@ -145,7 +151,7 @@ def asyncapi_document() -> dict[str, Any]:
     config = BrokerConfig()
 
     def channel_messages(*names: str) -> dict[str, Any]:
-        return {name[0].lower() + name[1:]: _ref("messages", name) for name in names}
+        return {_key(name): _ref("messages", name) for name in names}
 
     def operation(action: str, channel: str, summary: str, *messages: str) -> dict[str, Any]:
         return {
@@ -153,9 +159,7 @@ def asyncapi_document() -> dict[str, Any]:
             "channel": {"$ref": f"#/channels/{channel}"},
             "summary": summary,
             "security": [_TOKEN],
-            "messages": [
-                {"$ref": f"#/channels/{channel}/messages/{m[0].lower() + m[1:]}"} for m in messages
-            ],
+            "messages": [{"$ref": f"#/channels/{channel}/messages/{_key(m)}"} for m in messages],
         }
 
     return {
